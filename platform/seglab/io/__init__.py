@@ -1,0 +1,1 @@
+"""Reading and writing images, label maps, colour-coded labels and dataset folders."""

@@ -1,0 +1,110 @@
+"""Write files and folders so that a failure never leaves half-written output.
+
+Everything is written to a temporary sibling first and renamed into place only when complete;
+``os.replace`` is atomic on one filesystem, so a reader sees either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from seglab.errors import OutputExistsError, SeglabError
+
+
+def _check_parent_writable(path: Path) -> None:
+    parent = path.parent
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SeglabError(
+                f"cannot create output folder {parent}: {err.strerror or err}",
+                "choose a location you can write to",
+            ) from err
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SeglabError(
+            f"output folder {parent} is not writable", "choose a location you can write to"
+        )
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write; rename it to ``path`` when the block succeeds.
+
+    Parameters
+    ----------
+    path : path-like
+        Final file name. Its folder is created when missing.
+    overwrite : bool
+        Whether an existing ``path`` may be replaced.
+
+    Yields
+    ------
+    Path
+        A temporary file in the same folder, with the same suffix (so writers that look at the
+        suffix choose the right format). It is removed if the block raises.
+    """
+    final = Path(path)
+    if final.exists() and not overwrite:
+        raise OutputExistsError(f"{final} already exists", "pass --overwrite to replace it")
+    _check_parent_writable(final)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{final.stem}.", suffix=f".tmp{''.join(final.suffixes)}", dir=final.parent
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder to fill; move it to ``path`` when the block succeeds.
+
+    Parameters
+    ----------
+    path : path-like
+        Final folder. With ``overwrite=False`` it must not exist (an empty folder is accepted).
+    overwrite : bool
+        Whether an existing folder is replaced; the old one is removed only after the new one is
+        complete.
+
+    Yields
+    ------
+    Path
+        A temporary sibling folder; removed if the block raises.
+    """
+    final = Path(path)
+    if final.exists():
+        if not final.is_dir():
+            raise OutputExistsError(
+                f"{final} exists and is not a folder", "choose another output path"
+            )
+        if any(final.iterdir()) and not overwrite:
+            raise OutputExistsError(
+                f"output folder {final} already exists and is not empty",
+                "pass --overwrite to replace it, or choose another folder",
+            )
+    _check_parent_writable(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
