@@ -32,6 +32,32 @@ def _check_parent_writable(path: Path) -> None:
         )
 
 
+def _umask() -> int:
+    """Return the process umask without changing it where the platform allows."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no read-only query elsewhere; restore at once
+    os.umask(mask)
+    return mask
+
+
+def _give_usual_mode(tmp: Path, final: Path, base: int) -> None:
+    """Give ``tmp`` the mode ``final`` has, or that a plain ``open``/``mkdir`` would give it.
+
+    ``mkstemp``/``mkdtemp`` create private (0600/0700) entries; without this the renamed output
+    would be unreadable to the user's group and others.
+    """
+    try:
+        mode = final.stat().st_mode & 0o7777 if final.exists() else base & ~_umask()
+        os.chmod(tmp, mode)
+    except OSError:
+        pass
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path to write; rename it to ``path`` when the block succeeds.
@@ -50,6 +76,10 @@ def atomic_file(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
         suffix choose the right format). It is removed if the block raises.
     """
     final = Path(path)
+    if final.is_dir():
+        raise OutputExistsError(
+            f"{final} is a folder, not a file", "choose another output file name"
+        )
     if final.exists() and not overwrite:
         raise OutputExistsError(f"{final} already exists", "pass --overwrite to replace it")
     _check_parent_writable(final)
@@ -60,6 +90,7 @@ def atomic_file(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
     tmp = Path(tmp_name)
     try:
         yield tmp
+        _give_usual_mode(tmp, final, 0o666)
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -101,6 +132,7 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _give_usual_mode(tmp, final, 0o777)
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")

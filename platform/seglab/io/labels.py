@@ -53,19 +53,28 @@ class ColourTable:
         classes = tuple(classes)
         if not classes:
             raise SeglabError("a colour table needs at least one class", "list the classes")
-        indices = [c.index for c in classes]
-        colours = [tuple(int(v) for v in c.colour) for c in classes]
         for c in classes:
-            if not 0 <= c.index <= 255:
+            if not isinstance(c, ClassColour):
                 raise SeglabError(
-                    f"class index {c.index} of {c.name!r} is outside 0..255",
+                    f"a colour table takes ClassColour entries, got {c!r}",
+                    "build each class as ClassColour(index, name, (r, g, b))",
+                )
+            if not isinstance(c.index, int | np.integer) or not 0 <= c.index <= 255:
+                raise SeglabError(
+                    f"class index {c.index!r} of {c.name!r} is not an integer in 0..255",
                     "use indices between 0 and 255",
                 )
-            if len(c.colour) != 3 or any(not 0 <= int(v) <= 255 for v in c.colour):
+            try:
+                colour = tuple(int(v) for v in c.colour)
+            except (TypeError, ValueError):
+                colour = ()
+            if len(colour) != 3 or any(not 0 <= v <= 255 for v in colour):
                 raise SeglabError(
                     f"colour {c.colour!r} of class {c.name!r} is not an RGB triple of 0..255",
                     "give three integers between 0 and 255",
                 )
+        indices = [int(c.index) for c in classes]
+        colours = [tuple(int(v) for v in c.colour) for c in classes]
         if len(set(indices)) != len(indices):
             raise SeglabError(f"class indices repeat in {indices}", "give each class its own index")
         if len(set(colours)) != len(colours):
@@ -165,7 +174,22 @@ class ColourTable:
                 f"a colour-coded label image must have shape (H, W, 3), got {rgb.shape}",
                 "pass an RGB image, not a grey-level or index map",
             )
-        rgb = rgb[..., :3].astype(np.int32)
+        if rgb.dtype.kind not in "biuf":
+            raise SeglabError(
+                f"a colour-coded label image must hold numbers, got dtype {rgb.dtype}",
+                "pass an RGB image of uint8",
+            )
+        rgb = rgb[..., :3]
+        in_range = rgb.dtype == np.uint8 or rgb.size == 0
+        if not in_range:
+            in_range = rgb.min() >= 0 and rgb.max() <= 255 and np.array_equal(rgb, np.round(rgb))
+        if not in_range:
+            raise SeglabError(
+                f"colour values must be integers 0..255, got {rgb.dtype} values from "
+                f"{rgb.min()} to {rgb.max()}",
+                "pass the RGB image as uint8 (scale 0..1 floats by 255 first)",
+            )
+        rgb = rgb.astype(np.int32)
         table = self.colours.astype(np.int32)
         out = np.zeros(rgb.shape[:-1], dtype=np.uint8)
         matched = np.zeros(rgb.shape[:-1], dtype=bool)
