@@ -1,0 +1,1 @@
+"""Synthetic images with known ground truth (lung immunofluorescence, SBF-SEM)."""
