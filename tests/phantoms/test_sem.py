@@ -40,7 +40,7 @@ def extracellular_phantom():
 @pytest.fixture(scope="module")
 def oblique_phantom():
     # Fibres tilted out of the slice plane, so the spheroids are oblique to every grid axis.
-    return make_sem_phantom(shape=(24, 96, 96), myofibril_axis=(1.0, 1.0, 0.5), seed=7)
+    return make_sem_phantom(shape=(40, 112, 112), myofibril_axis=(1.0, 1.0, 0.5), seed=0)
 
 
 def voxel_centres_um(shape, voxel_size):
@@ -191,7 +191,7 @@ def test_interior_voxel_volume_matches_the_analytic_volume(phantom, oblique_phan
     # 20 seeds), so 3 % catches any rasterisation error (a half-voxel shift of the grid
     # changes the count by about 10 %).
     interior = [t for p in (phantom, oblique_phantom) for t in p.truth if not t.touches_border]
-    assert len(interior) >= 10
+    assert len(interior) >= 15
     for t in interior:
         assert t.voxel_volume_um3 == pytest.approx(t.volume_um3, rel=0.03)
 
