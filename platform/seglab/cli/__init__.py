@@ -1,0 +1,1 @@
+"""The ``seglab`` command line: thin Typer commands over :mod:`seglab.workflows`."""

@@ -1,0 +1,94 @@
+"""The ``seglab`` command: a Typer app whose commands each call one workflow function.
+
+Nothing heavy is imported here: ``seglab --help`` must not import torch, MONAI or MLflow
+(``import monai`` alone takes seconds). Commands import their workflow inside their body.
+Only this module turns :class:`seglab.errors.SeglabError` into an exit code: one line on stderr,
+exit status 2, and a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from seglab import __version__
+from seglab.cli import demo, phantom
+from seglab.errors import SeglabError
+
+app = typer.Typer(
+    name="seglab",
+    help="Experiment platform for microscopy image segmentation (lung structures, "
+    "mitochondria in SBF-SEM stacks).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(phantom.app, name="phantom")
+app.command("demo")(demo.demo)
+
+#: Exit status for errors in the user's input (click uses 2 for usage errors too).
+EXIT_USER_ERROR = 2
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"seglab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the full traceback when a command fails.")
+    ] = False,
+) -> None:
+    """Experiment platform for microscopy image segmentation."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return (and, as a console script, exit with) its exit status.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments without the program name; ``sys.argv[1:]`` when None.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=args, prog_name="seglab", standalone_mode=False)
+    except SeglabError as err:
+        if debug:
+            raise
+        typer.echo(f"seglab: error: {err.message}", err=True)
+        return _exit(EXIT_USER_ERROR, argv)
+    except typer.exceptions.TyperException as err:
+        # usage errors (bad option values, unknown commands): typer's own one-line message
+        show = getattr(err, "show", None)
+        if show is not None:
+            show()
+        else:
+            typer.echo(f"seglab: error: {err.format_message()}", err=True)
+        return _exit(err.exit_code, argv)
+    except typer.Abort:
+        typer.echo("seglab: aborted", err=True)
+        return _exit(130, argv)
+    except KeyboardInterrupt:
+        typer.echo("seglab: interrupted", err=True)
+        return _exit(130, argv)
+    code = result if isinstance(result, int) else 0
+    return _exit(code, argv)
+
+
+def _exit(code: int, argv: list[str] | None) -> int:
+    # As a console script (argv None) exit the process; called from Python, return the code.
+    if argv is None:
+        sys.exit(code)
+    return code

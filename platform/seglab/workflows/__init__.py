@@ -1,0 +1,1 @@
+"""The Python API behind each command: phantoms, demo (and, later, train, evaluate, ...)."""

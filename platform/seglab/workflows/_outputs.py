@@ -1,0 +1,76 @@
+"""Small helpers the workflows share to write tables, JSON and progress."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from seglab.io.atomic import atomic_file
+
+T = TypeVar("T")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def write_csv(
+    path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], columns: Sequence[str]
+) -> Path:
+    """Write rows as CSV with a header, atomically; floats keep full precision."""
+    path = Path(path)
+    with atomic_file(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _plain(v) for k, v in row.items()})
+    return path
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write JSON (numpy values converted), atomically."""
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=_plain, allow_nan=True) + "\n")
+    return path
+
+
+def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a progress bar on stderr (rich); plain iteration when stderr is no terminal."""
+    from rich.progress import track
+
+    yield from track(items, description=description, total=total, transient=True)
+
+
+@dataclass
+class Summary:
+    """What a workflow wrote: a title, lines of figures, and the output paths."""
+
+    title: str
+    out: Path
+    lines: list[str] = field(default_factory=list)
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+    def report(self) -> str:
+        """Human-readable report, ending with where the outputs are."""
+        text = [self.title, *(f"  {line}" for line in self.lines)]
+        if self.outputs:
+            text.append(f"outputs in {self.out}:")
+            width = max(len(k) for k in self.outputs)
+            text += [f"  {k:<{width}}  {p}" for k, p in self.outputs.items()]
+        return "\n".join(text)

@@ -1,0 +1,141 @@
+"""Write phantom datasets in seglab's dataset folder convention.
+
+A lung dataset::
+
+    OUT/images/lung_000.png     RGB immunofluorescence phantom, uint8
+    OUT/labels/lung_000.png     colour-coded labels (classes.json gives the colours)
+    OUT/classes.json            the six classes of study A
+    OUT/class_fractions.csv     share of pixels per class and image
+    OUT/manifest.json           files, shapes and SHA-256 digests
+
+An SEM dataset::
+
+    OUT/images/cellA.tif        (Z, Y, X) uint8 stack, ImageJ TIFF with the voxel size in um
+    OUT/labels/cellA.tif        (Z, Y, X) uint16 instance labels, 0 = background
+    OUT/contours/cellA.tif      (Z, Y, X) uint8 contour map, 255 on object outlines
+    OUT/truth.csv               one row per mitochondrion (centre, semi-axes, axis, volume, ...)
+    OUT/phantom.json            voxel size, myofibril axis, sarcomere length, intensities, options
+    OUT/manifest.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from seglab.io.atomic import atomic_directory
+from seglab.io.dataset import write_manifest
+from seglab.io.images import write_image
+from seglab.phantoms.lung import LungPhantomConfig, make_lung_phantom
+from seglab.phantoms.sem import SEM_TRUTH_COLUMNS, make_sem_phantom, truth_table_rows
+from seglab.workflows._outputs import Summary, progress, write_csv, write_json
+
+
+def write_lung_phantoms(
+    out: str | os.PathLike[str],
+    *,
+    count: int = 4,
+    size: int = 1024,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Summary:
+    """Write ``count`` lung phantoms of ``size`` x ``size`` pixels as a dataset folder.
+
+    Image ``i`` uses seed ``seed + i``. Returns a :class:`Summary` of class fractions and paths.
+    """
+    out = Path(out)
+    configs = [LungPhantomConfig(size=size, seed=seed + i) for i in range(count)]
+    rows = []
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        table = None
+        for i, config in enumerate(progress(configs, "lung phantoms")):
+            phantom = make_lung_phantom(config)
+            table = phantom.colour_table
+            name = f"lung_{i:03d}"
+            write_image(tmp / "images" / f"{name}.png", phantom.image)
+            write_image(tmp / "labels" / f"{name}.png", phantom.label_rgb)
+            rows.append(
+                {"name": name, "seed": config.seed}
+                | {n: f for n, f in zip(table.names, phantom.class_fractions, strict=True)}
+            )
+        assert table is not None
+        table.save(tmp / "classes.json")
+        write_csv(tmp / "class_fractions.csv", rows, ["name", "seed", *table.names])
+        write_manifest(tmp)
+    mean = np.mean([[r[n] for n in table.names] for r in rows], axis=0)
+    summary = Summary(f"wrote {count} lung phantoms of {size} x {size} px", out)
+    summary.lines.append(
+        "mean class fractions: "
+        + ", ".join(f"{n} {100 * f:.1f} %" for n, f in zip(table.names, mean, strict=True))
+    )
+    summary.outputs = {
+        "images": out / "images",
+        "labels": out / "labels",
+        "classes": out / "classes.json",
+        "fractions": out / "class_fractions.csv",
+        "manifest": out / "manifest.json",
+    }
+    return summary
+
+
+def write_sem_phantom(
+    out: str | os.PathLike[str],
+    *,
+    shape: tuple[int, int, int] = (32, 128, 128),
+    voxel_size: tuple[float, float, float] | None = None,
+    cell: str = "A",
+    axis: tuple[float, float, float] = (0.0, 0.0, 1.0),
+    extracellular: bool = False,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Summary:
+    """Write one SEM stack phantom (image, instances, contours, truth) as a dataset folder."""
+    out = Path(out)
+    options = {"shape": shape, "cell": cell, "myofibril_axis": axis, "seed": seed}
+    options["extracellular"] = extracellular
+    if voxel_size is not None:
+        options["voxel_size"] = voxel_size
+    phantom = make_sem_phantom(**options)
+    name = f"cell{cell}"
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        spacing = phantom.voxel_size
+        write_image(tmp / "images" / f"{name}.tif", phantom.image, spacing, axes="ZYX")
+        instances = phantom.instances.astype(np.uint16 if len(phantom.truth) < 65536 else np.uint32)
+        write_image(tmp / "labels" / f"{name}.tif", instances, spacing, axes="ZYX")
+        contours = np.where(phantom.contours, 255, 0).astype(np.uint8)
+        write_image(tmp / "contours" / f"{name}.tif", contours, spacing, axes="ZYX")
+        write_csv(tmp / "truth.csv", truth_table_rows(phantom), SEM_TRUTH_COLUMNS)
+        meta = {
+            "voxel_size_um": spacing,
+            "volume_fraction": phantom.volume_fraction,
+            "config": dataclasses.asdict(phantom.config),
+            "metadata": phantom.metadata,
+        }
+        write_json(tmp / "phantom.json", meta)
+        write_manifest(tmp)
+    interior = [t for t in phantom.truth if not t.touches_border]
+    summary = Summary(
+        f"wrote SEM phantom cell {cell}: {shape[0]} x {shape[1]} x {shape[2]} voxels of "
+        f"{' x '.join(f'{v:g}' for v in phantom.voxel_size)} um",
+        out,
+    )
+    vols = [t.volume_um3 for t in interior]
+    summary.lines += [
+        f"{len(phantom.truth)} mitochondria ({len(interior)} not touching the border), "
+        f"volume fraction {100 * phantom.volume_fraction:.1f} %",
+        f"mean volume of interior objects {np.mean(vols):.3f} um^3"
+        if vols
+        else "no interior objects",
+    ]
+    summary.outputs = {
+        "image": out / "images" / f"{name}.tif",
+        "instances": out / "labels" / f"{name}.tif",
+        "contours": out / "contours" / f"{name}.tif",
+        "truth": out / "truth.csv",
+        "metadata": out / "phantom.json",
+        "manifest": out / "manifest.json",
+    }
+    return summary
