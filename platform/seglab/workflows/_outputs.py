@@ -70,7 +70,7 @@ class Summary:
         """Human-readable report, ending with where the outputs are."""
         text = [self.title, *(f"  {line}" for line in self.lines)]
         if self.outputs:
-            text.append(f"outputs in {self.out}:")
+            text.append(f"outputs in {self.out.resolve()}:")
             width = max(len(k) for k in self.outputs)
-            text += [f"  {k:<{width}}  {p}" for k, p in self.outputs.items()]
+            text += [f"  {k:<{width}}  {p.resolve()}" for k, p in self.outputs.items()]
         return "\n".join(text)
