@@ -41,13 +41,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
 from seglab.errors import SeglabError
 from seglab.io.labels import LUNG_CLASSES, ColourTable
+from seglab.phantoms._options import resolve_config
 
 #: Side of the study's raw images, pixels.
 RAW_SIZE_PX = 2475
@@ -155,7 +156,7 @@ class LungPhantomConfig:
             base = cls(size=RAW_SIZE_PX, pixel_size_um=RAW_PIXEL_SIZE_UM)
         else:
             base = cls(size=RESIZED_SIZE_PX, pixel_size_um=RESIZED_PIXEL_SIZE_UM)
-        return _apply_overrides(base, overrides)
+        return resolve_config(base, LungPhantomConfig, overrides, "lung phantom")
 
 
 @dataclass
@@ -214,14 +215,7 @@ def make_lung_phantom(config: LungPhantomConfig | None = None, **overrides: obje
     >>> phantom.image.shape, phantom.labels.max() <= 5
     ((128, 128, 3), True)
     """
-    if config is None:
-        config = LungPhantomConfig()
-    elif not isinstance(config, LungPhantomConfig):
-        raise SeglabError(
-            f"config must be a LungPhantomConfig, got {type(config).__name__}",
-            "build one with LungPhantomConfig(...) or pass options as keywords",
-        )
-    config = _apply_overrides(config, overrides)
+    config = resolve_config(config, LungPhantomConfig, overrides, "lung phantom")
 
     geometry_seed, texture_seed, noise_seed = np.random.SeedSequence(config.seed).spawn(3)
     canvas = _Canvas(config.shape, config.pixel_size_um)
@@ -267,18 +261,6 @@ def _check_size(size: object) -> None:
             f"pass e.g. size=256 or size=(256, 384); phantoms smaller than {MIN_SIZE_PX} px "
             "cannot hold the structures",
         )
-
-
-def _apply_overrides(config: LungPhantomConfig, overrides: dict[str, object]) -> LungPhantomConfig:
-    names = [f.name for f in fields(LungPhantomConfig)]
-    unknown = sorted(set(overrides) - set(names))
-    if unknown:
-        raise SeglabError(
-            f"unknown lung phantom option(s) {unknown}", f"use only {', '.join(names)}"
-        )
-    if isinstance(overrides.get("size"), list):
-        overrides = {**overrides, "size": tuple(overrides["size"])}  # keep the config hashable
-    return replace(config, **overrides) if overrides else config
 
 
 # ---------------------------------------------------------------------------------- geometry

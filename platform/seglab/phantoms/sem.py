@@ -50,6 +50,7 @@ from scipy import ndimage
 from scipy.special import ndtri
 
 from seglab.errors import SeglabError
+from seglab.phantoms._options import resolve_config
 
 __all__ = [
     "SEM_CELL_APPEARANCE",
@@ -551,7 +552,7 @@ def study_sem_config(cell: CellName = "B", **overrides: Any) -> SemPhantomConfig
         )
     else:
         raise SeglabError(f"cell must be 'A' or 'B', got {cell!r}", "pass cell='A' or cell='B'")
-    return _apply_overrides(base, overrides)
+    return resolve_config(base, SemPhantomConfig, overrides, "SEM phantom")
 
 
 def truth_table_rows(phantom: SemPhantom) -> list[dict[str, Any]]:
@@ -597,28 +598,10 @@ def truth_table_rows(phantom: SemPhantom) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 
 
-def _apply_overrides(config: SemPhantomConfig, overrides: dict[str, Any]) -> SemPhantomConfig:
-    names = {f.name for f in dataclasses.fields(SemPhantomConfig)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise SeglabError(
-            f"unknown SEM phantom option(s) {', '.join(unknown)}",
-            f"use fields of SemPhantomConfig: {', '.join(sorted(names))}",
-        )
-    return dataclasses.replace(config, **overrides) if overrides else config
-
-
 def _normalised_config(
     config: SemPhantomConfig | None, overrides: dict[str, Any]
 ) -> SemPhantomConfig:
-    if config is None:
-        config = SemPhantomConfig()
-    elif not isinstance(config, SemPhantomConfig):
-        raise SeglabError(
-            f"config must be a SemPhantomConfig, got {type(config).__name__}",
-            "build one with SemPhantomConfig(...) or pass options as keywords",
-        )
-    config = _apply_overrides(config, overrides)
+    config = resolve_config(config, SemPhantomConfig, overrides, "SEM phantom")
     shape = _int_triple(config.shape, "shape", "(Z, Y, X) voxel counts, e.g. (32, 128, 128)")
     voxel_size = _positive_triple(config.voxel_size)
     axis = _axis_triple(config.myofibril_axis)
