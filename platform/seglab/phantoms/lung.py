@@ -660,6 +660,16 @@ def _draw_structures(canvas: _Canvas, config: LungPhantomConfig, rng: np.random.
             direction = rng.uniform(0, 2 * np.pi)
         tree = _grow_tree(canvas, rng, start, direction, _TUBULE_SHAPE, TUBULE)
         tubule_tips += tree.tips
+    # A tubule continuing an airway tip near the edge can leave the field without a pixel in
+    # it; then grow one from free space, so that every class with a density appears.
+    for _ in range(10):
+        if config.tubules_per_mm2 <= 0 or (canvas.labels == TUBULE).any():
+            break
+        free = [p for p in _random_points(canvas, rng, 30, 20 * um) if canvas.is_free(*p)]
+        if not free:
+            break
+        tree = _grow_tree(canvas, rng, free[0], rng.uniform(0, 2 * np.pi), _TUBULE_SHAPE, TUBULE)
+        tubule_tips += tree.tips
 
     # Distal buds: clusters of small round blobs at tubule tips, the rest in free space.
     tip_order = rng.permutation(len(tubule_tips))
