@@ -490,3 +490,14 @@ def test_a_custom_appearance_replaces_the_preset():
     calm = make_sem_phantom(**SMALL, seed=1, appearance=quiet)
     interior = calm.mask & ~ndimage.binary_dilation(calm.contours, iterations=2)
     assert calm.image[interior].std() < noisy.image[interior].std()
+
+
+def test_progress_callback_reports_each_phase_up_to_completion():
+    seen: dict[str, list[float]] = {}
+    phantom = make_sem_phantom(
+        shape=(8, 64, 64), progress=lambda phase, f: seen.setdefault(phase, []).append(f)
+    )
+    assert set(seen) == {"placing mitochondria", "drawing slices"}
+    assert len(seen["drawing slices"]) == phantom.image.shape[0]
+    for fractions in seen.values():
+        assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] <= 1

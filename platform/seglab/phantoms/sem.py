@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -66,6 +67,8 @@ __all__ = [
 ]
 
 CellName = Literal["A", "B"]
+#: ``progress(phase, fraction)``: called with a phase name and its completed fraction 0..1.
+ProgressCallback = Callable[[str, float], None]
 
 #: The volume fraction may overshoot its target by at most this much (absolute): an object is
 #: only added if the label volume stays within ``volume_fraction + FRACTION_OVERSHOOT``.
@@ -383,7 +386,12 @@ class SemPhantom:
 # --------------------------------------------------------------------------------------------
 
 
-def make_sem_phantom(config: SemPhantomConfig | None = None, **overrides: Any) -> SemPhantom:
+def make_sem_phantom(
+    config: SemPhantomConfig | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    **overrides: Any,
+) -> SemPhantom:
     """Generate a synthetic SBF-SEM stack with mitochondria ground truth.
 
     Parameters
@@ -392,6 +400,9 @@ def make_sem_phantom(config: SemPhantomConfig | None = None, **overrides: Any) -
         The options; the defaults make a small ``(32, 128, 128)`` stack of cell A.
     **overrides
         Fields of :class:`SemPhantomConfig` to replace, e.g. ``shape=(16, 64, 64)``.
+    progress : callable, optional
+        Called as ``progress(phase, fraction)`` while placing objects and drawing slices
+        (fraction 0..1), e.g. to drive a progress bar; study-size stacks take minutes.
 
     Returns
     -------
@@ -437,7 +448,7 @@ def make_sem_phantom(config: SemPhantomConfig | None = None, **overrides: Any) -
     extracellular = _ExtracellularSpace.draw(config, geometry_rng) if config.extracellular else None
     cell_mask = _cell_mask(config.shape, voxel_size, extracellular)
     instances, objects = _place_mitochondria(
-        config, voxel_size, myofibril_axis, cell_mask, geometry_rng
+        config, voxel_size, myofibril_axis, cell_mask, geometry_rng, progress
     )
     contours = _slice_contours(instances)
     truth = _truth_table(objects, instances, voxel_size, myofibril_axis)
@@ -455,6 +466,7 @@ def make_sem_phantom(config: SemPhantomConfig | None = None, **overrides: Any) -
         offsets,
         gains,
         appearance_rng,
+        progress,
     )
     cell_voxels = int(np.count_nonzero(cell_mask))
     filled = int(np.count_nonzero(instances))
@@ -1050,6 +1062,7 @@ def _place_mitochondria(
     myofibril_axis: np.ndarray,
     cell_mask: np.ndarray,
     rng: np.random.Generator,
+    progress: ProgressCallback | None = None,
 ) -> tuple[np.ndarray, list[_Spheroid]]:
     placer = _Placer(config, voxel_size, cell_mask)
     extent = np.asarray(config.shape) * voxel_size
@@ -1081,6 +1094,8 @@ def _place_mitochondria(
                 paired += 0 if pair_size is None else 2
                 break
         failures = 0 if placed else failures + 1
+        if progress is not None and placer.target:
+            progress("placing mitochondria", min(1.0, placer.filled / placer.target))
     return placer.labels, placer.spheroids
 
 
@@ -1247,6 +1262,7 @@ def _render(
     offsets: np.ndarray,
     gains: np.ndarray,
     rng: np.random.Generator,
+    progress: ProgressCallback | None = None,
 ) -> np.ndarray:
     """Draw the image one slice at a time (memory: a few (Y, X) float32 arrays)."""
     depth, height, width = config.shape
@@ -1284,6 +1300,8 @@ def _render(
     sarcomere = config.sarcomere_length
     image = np.empty(config.shape, dtype=np.uint8)
     for k in range(depth):
+        if progress is not None:
+            progress("drawing slices", k / depth)
         zk = float(z[k])
         position = [np.float32(zk * along[0]) + along[1] * y_col + along[2] * x_row]
         position += [np.float32(zk * e[0]) + e[1] * y_col + e[2] * x_row for e in across]

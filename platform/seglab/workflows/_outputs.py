@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,6 +56,22 @@ def progress(items: Iterable[T], description: str, total: int | None = None) -> 
     from rich.progress import track
 
     yield from track(items, description=description, total=total, transient=True)
+
+
+@contextlib.contextmanager
+def phase_progress() -> Iterator[Callable[[str, float], None]]:
+    """Yield a ``progress(phase, fraction)`` callback that drives one bar per phase on stderr."""
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bars:
+        tasks: dict[str, Any] = {}
+
+        def update(phase: str, fraction: float) -> None:
+            if phase not in tasks:
+                tasks[phase] = bars.add_task(phase, total=1.0)
+            bars.update(tasks[phase], completed=fraction)
+
+        yield update
 
 
 @dataclass

@@ -31,7 +31,7 @@ from seglab.io.dataset import write_manifest
 from seglab.io.images import write_image
 from seglab.phantoms.lung import LungPhantomConfig, make_lung_phantom
 from seglab.phantoms.sem import SEM_TRUTH_COLUMNS, make_sem_phantom, truth_table_rows
-from seglab.workflows._outputs import Summary, progress, write_csv, write_json
+from seglab.workflows._outputs import Summary, phase_progress, progress, write_csv, write_json
 
 
 def write_lung_phantoms(
@@ -98,7 +98,8 @@ def write_sem_phantom(
     options["extracellular"] = extracellular
     if voxel_size is not None:
         options["voxel_size"] = voxel_size
-    phantom = make_sem_phantom(**options)
+    with phase_progress() as report_progress:
+        phantom = make_sem_phantom(progress=report_progress, **options)
     name = f"cell{cell}"
     with atomic_directory(out, overwrite=overwrite) as tmp:
         spacing = phantom.voxel_size
