@@ -58,6 +58,26 @@ def progress(items: Iterable[T], description: str, total: int | None = None) -> 
     yield from track(items, description=description, total=total, transient=True)
 
 
+def pyplot() -> Any:
+    """Return matplotlib.pyplot on the non-interactive Agg backend (imported on first use)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 80) -> Path:
+    """Lay out, save as PNG atomically, and close a matplotlib figure."""
+    path = Path(path)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    pyplot().close(fig)
+    return path
+
+
 @contextlib.contextmanager
 def phase_progress() -> Iterator[Callable[[str, float], None]]:
     """Yield a ``progress(phase, fraction)`` callback that drives one bar per phase on stderr."""

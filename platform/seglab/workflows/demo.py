@@ -38,8 +38,15 @@ from seglab.metrics import ThresholdChoice, choose_threshold, dice_scores
 from seglab.phantoms.lung import LungPhantomConfig, make_lung_phantom
 from seglab.phantoms.sem import SEM_TRUTH_COLUMNS, make_sem_cells, truth_table_rows
 from seglab.resize import resize_image, resize_labels
-from seglab.tiling import PRESETS, extract_tiles, plan_preset, stitch, stitch_labels
-from seglab.workflows._outputs import Summary, progress, write_csv, write_json
+from seglab.tiling import PRESETS, extract_tiles, plan_preset, stitch
+from seglab.workflows._outputs import (
+    Summary,
+    progress,
+    pyplot,
+    save_figure,
+    write_csv,
+    write_json,
+)
 
 N_CLASSES = len(LUNG_CLASSES)
 FEATURE_SIGMAS = (1.0, 4.0, 12.0)
@@ -160,7 +167,8 @@ def _lung_part(tmp: Path, seed: int, summary: Summary) -> dict:
         plan = plan_preset(name, test_image.shape)
         started = time.perf_counter()
         scores = model.scores(tile_features(extract_tiles(test_image, plan)))
-        predicted = stitch_labels(scores, plan)
+        combined = stitch(scores, plan)  # eq. 1: sum over covering tiles
+        predicted = combined.argmax(axis=0).astype(np.uint8)  # eq. 2
         seconds = time.perf_counter() - started
         predictions[name] = predicted
         write_image(tmp / "lung_predictions" / f"{name}.png", LUNG_CLASSES.encode(predicted))
@@ -170,10 +178,8 @@ def _lung_part(tmp: Path, seed: int, summary: Summary) -> dict:
             | {f"C{c + 1}": float(v) for c, v in enumerate(dice.per_class)}
             | {"class_mean": dice.mean, "total_dice": dice.total}
         )
-        # a seam check: the sum-stitched score's disagreement across tile borders
-        if name == "no-overlap":
-            stitched = stitch(scores, plan)
-            jumps = np.abs(np.diff(stitched, axis=-1)).sum(0)
+        if name == "no-overlap":  # seams: score jumps across tile borders vs elsewhere
+            jumps = np.abs(np.diff(combined, axis=-1)).sum(0)
             border = jumps[:, 255::256].mean()
             inner = np.delete(jumps, np.s_[255::256], axis=-1).mean()
             summary.lines.append(
@@ -198,13 +204,7 @@ def _plot_lung(
     predictions: dict[str, np.ndarray],
     rows: list[dict],
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from seglab.io.atomic import atomic_file
-
+    plt = pyplot()
     panels = [("image", np.moveaxis(image, 0, -1)), ("truth", LUNG_CLASSES.encode(truth))]
     for row in rows:
         name = row["preset"]
@@ -219,10 +219,7 @@ def _plot_lung(
         ax.imshow(img)
         ax.set_title(title, fontsize=10)
         ax.axis("off")
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- SEM part
@@ -311,13 +308,7 @@ def _sem_part(tmp: Path, seed: int, summary: Summary) -> dict:
 
 
 def _plot_sweeps(path: Path, choices: dict[str, ThresholdChoice]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from seglab.io.atomic import atomic_file
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(choices), figsize=(5 * len(choices), 3.6), sharey=True)
     for ax, (arm, choice) in zip(axes, choices.items(), strict=True):
         sweep = choice.sweep
@@ -330,10 +321,7 @@ def _plot_sweeps(path: Path, choices: dict[str, ThresholdChoice]) -> None:
         ax.set_xlim(0, 255)
     axes[0].set_ylim(0, 1.02)
     axes[0].legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- entry point
