@@ -104,10 +104,11 @@ def write_sem_phantom(
     with atomic_directory(out, overwrite=overwrite) as tmp:
         spacing = phantom.voxel_size
         write_image(tmp / "images" / f"{name}.tif", phantom.image, spacing, axes="ZYX")
-        instances = phantom.instances.astype(np.uint16 if len(phantom.truth) < 65536 else np.uint32)
-        write_image(tmp / "labels" / f"{name}.tif", instances, spacing, axes="ZYX")
-        contours = np.where(phantom.contours, 255, 0).astype(np.uint8)
+        write_image(tmp / "labels" / f"{name}.tif", phantom.instances, spacing, axes="ZYX")
+        # 0/255 in uint8 without an int64 temporary (the study-size stack has 724 M voxels)
+        contours = np.multiply(phantom.contours, 255, dtype=np.uint8)
         write_image(tmp / "contours" / f"{name}.tif", contours, spacing, axes="ZYX")
+        del contours
         write_csv(tmp / "truth.csv", truth_table_rows(phantom), SEM_TRUTH_COLUMNS)
         meta = {
             "voxel_size_um": spacing,
