@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from seglab.errors import SeglabError
 from seglab.tiling import (
@@ -205,3 +207,25 @@ def test_bad_preset_and_mismatched_arrays_are_clear_errors():
 def test_describe_reports_count_and_coverage():
     text = plan_preset("paper-64").describe()
     assert "64 tiles (8 x 8)" in text and "coverage 1..4" in text
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    h=st.integers(1, 90),
+    w=st.integers(1, 90),
+    tile=st.integers(1, 40),
+    stride_fraction=st.floats(0.05, 1.0),
+    padding=st.integers(0, 30),
+    mode=st.sampled_from(["mirror", "symmetric", "edge", "constant"]),
+)
+def test_any_plan_covers_every_pixel_and_round_trips(h, w, tile, stride_fraction, padding, mode):
+    stride = max(1, int(tile * stride_fraction))
+    plan = plan_grid((h, w), tile, stride, padding, mode)
+    cov = plan.coverage()
+    assert cov.min() >= 1
+    assert cov.sum() <= plan.n_tiles * tile * tile
+    # the grid ends exactly at the padded edge
+    assert all((p - tile) % s == 0 for p, s in zip(plan.padded_shape, plan.stride, strict=True))
+    image = np.random.default_rng(h * 1000 + w).random((2, h, w)).astype(np.float32)
+    tiles = extract_tiles(image, plan)
+    np.testing.assert_allclose(stitch(tiles, plan, average=True), image, rtol=1e-5, atol=1e-6)
