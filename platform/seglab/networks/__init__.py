@@ -1,0 +1,1 @@
+"""Networks written here: SegNet and DeepLabV3+ (U-Net comes from MONAI)."""

@@ -1,0 +1,1 @@
+"""Thin MONAI transforms (array + dictionary pairs) over the numerical core."""
