@@ -1,0 +1,1 @@
+"""MLflow: the tracking store, run logging, the model registry and promotion."""

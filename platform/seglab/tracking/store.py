@@ -1,0 +1,227 @@
+"""Where runs and models are recorded: the MLflow tracking store and its experiments.
+
+The embedded default is a SQLite database ``mlruns/mlflow.db`` with artifacts in
+``mlruns/artifacts/``, always passed to MLflow explicitly: MLflow 3 refuses the old file store,
+and a fluent call with no URI silently creates ``mlflow.db`` in whatever the current folder is.
+``MLFLOW_TRACKING_URI`` (e.g. a team's ``http://mlflow.lab:5000``) replaces the embedded store
+everywhere. Experiments are created with an explicit artifact location next to the database, so
+artifacts never follow the current folder.
+
+Runs carry the tags ``seglab.host``, ``seglab.pid`` and ``seglab.pid_start`` (the process's start
+time), so that a run whose process died (killed, out of memory, power cut) can be recognised on
+the next start and marked FAILED instead of staying RUNNING forever.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from seglab.errors import SeglabError
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+#: Folder of the embedded store, relative to the current folder unless given.
+DEFAULT_STORE_DIR = Path("mlruns")
+DATABASE_NAME = "mlflow.db"
+ARTIFACTS_DIR = "artifacts"
+
+TAG_HOST = "seglab.host"
+TAG_PID = "seglab.pid"
+TAG_PID_START = "seglab.pid_start"
+TAG_FAILURE = "seglab.failure"
+
+
+@dataclass(frozen=True)
+class TrackingStore:
+    """A resolved MLflow store.
+
+    Attributes
+    ----------
+    tracking_uri : str
+        Passed to every MLflow client and to ``mlflow ui``.
+    artifact_root : str or None
+        Artifact location root for new experiments (a ``file://`` URI next to the database for
+        the embedded store; None for a server, which decides itself).
+    local_dir : Path or None
+        Folder of the embedded store; None for a remote store.
+    """
+
+    tracking_uri: str
+    artifact_root: str | None = None
+    local_dir: Path | None = None
+
+    @property
+    def is_embedded(self) -> bool:
+        """Whether this is the local SQLite store (as opposed to a server or database URL)."""
+        return self.local_dir is not None
+
+    def client(self) -> MlflowClient:
+        """Return an ``MlflowClient`` bound to this store (tracking and registry)."""
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def experiment_artifact_location(self, name: str) -> str | None:
+        """Artifact location for a new experiment called ``name`` (None: the server decides)."""
+        if self.artifact_root is None:
+            return None
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "experiment"
+        return f"{self.artifact_root}/{safe}"
+
+
+def resolve_store(
+    store_dir: str | os.PathLike[str] | None = None, *, tracking_uri: str | None = None
+) -> TrackingStore:
+    """Decide which store to use.
+
+    Precedence: ``tracking_uri`` given here, then the ``MLFLOW_TRACKING_URI`` environment
+    variable, then the embedded SQLite store in ``store_dir`` (default ``./mlruns``).
+
+    Parameters
+    ----------
+    store_dir : path-like, optional
+        Folder of the embedded store; created when missing.
+    tracking_uri : str, optional
+        An explicit MLflow tracking URI (``http://...``, ``postgresql://...``,
+        ``sqlite:///...``).
+
+    Returns
+    -------
+    TrackingStore
+    """
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+    if uri:
+        if uri.startswith("sqlite:///"):
+            database = Path(uri.removeprefix("sqlite:///"))
+            folder = database.parent.resolve()
+            return _embedded(folder, f"sqlite:///{folder / database.name}")
+        if "://" not in uri:
+            raise SeglabError(
+                f"tracking URI {uri!r} is not a URI",
+                "use e.g. http://host:5000, postgresql://user@host/db or sqlite:///path/mlflow.db; "
+                "a plain folder is the old file store, which MLflow 3 refuses",
+            )
+        return TrackingStore(uri)
+    folder = Path(store_dir if store_dir is not None else DEFAULT_STORE_DIR).resolve()
+    return _embedded(folder, f"sqlite:///{folder / DATABASE_NAME}")
+
+
+def _embedded(folder: Path, uri: str) -> TrackingStore:
+    try:
+        (folder / ARTIFACTS_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SeglabError(
+            f"cannot create the MLflow store folder {folder}: {err.strerror or err}",
+            "choose a writable --store folder or set MLFLOW_TRACKING_URI",
+        ) from err
+    if not os.access(folder, os.W_OK):
+        raise SeglabError(
+            f"the MLflow store folder {folder} is not writable",
+            "choose a writable --store folder or set MLFLOW_TRACKING_URI",
+        )
+    return TrackingStore(uri, (folder / ARTIFACTS_DIR).as_uri(), folder)
+
+
+def ensure_experiment(store: TrackingStore, name: str) -> str:
+    """Return the id of experiment ``name``, creating it with an explicit artifact location.
+
+    Safe when several processes create the same experiment at once: the loser of the race
+    finds the winner's experiment.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = store.client()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            raise SeglabError(
+                f"experiment {name!r} was deleted and is in the store's trash",
+                "restore it in the MLflow UI or choose another experiment name",
+            )
+        return found.experiment_id
+    try:
+        return client.create_experiment(
+            name, artifact_location=store.experiment_artifact_location(name)
+        )
+    except MlflowException:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def unique_run_name(prefix: str) -> str:
+    """Return a run name no other run will have, never parseable as a number.
+
+    ``"lung-unet-20261121-064512-3fa9"``: prefix, UTC time, 4 random hex digits. (MONAI's
+    handler turns a numeric name into an int, and attaches to any unfinished run when no name is
+    given; see ECOSYSTEM.md.)
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    clean = "".join(c if c.isalnum() or c in "-_." else "-" for c in prefix).strip("-") or "run"
+    return f"{clean}-{stamp}-{secrets.token_hex(2)}"
+
+
+def process_start_time(pid: int) -> str | None:
+    """Start time of process ``pid`` in clock ticks since boot (Linux), or None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name may contain spaces and parentheses: fields follow the last ')'
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def owner_tags(pid: int | None = None) -> dict[str, str]:
+    """Tags that identify the process owning a run (host, pid, process start time)."""
+    pid = os.getpid() if pid is None else pid
+    tags = {TAG_HOST: socket.gethostname(), TAG_PID: str(pid)}
+    start = process_start_time(pid)
+    if start is not None:
+        tags[TAG_PID_START] = start
+    return tags
+
+
+def _owner_is_alive(tags: dict[str, str]) -> bool | None:
+    """True/False when the owning process can be checked from here; None when it cannot."""
+    if tags.get(TAG_HOST) != socket.gethostname() or TAG_PID not in tags:
+        return None
+    try:
+        pid = int(tags[TAG_PID])
+    except ValueError:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    recorded = tags.get(TAG_PID_START)
+    return recorded is None or process_start_time(pid) == recorded  # pid reused: dead
+
+
+def fail_dead_runs(store: TrackingStore, experiment_ids: list[str]) -> list[str]:
+    """Mark RUNNING runs whose process died as FAILED; return their run ids.
+
+    Only runs owned by a process on this host can be judged (their pid is checked, with its
+    start time against pid reuse); runs from other hosts are left alone.
+    """
+    if not experiment_ids:
+        return []
+    client = store.client()
+    runs = client.search_runs(experiment_ids, filter_string="attributes.status = 'RUNNING'")
+    failed = []
+    for run in runs:
+        if _owner_is_alive(run.data.tags) is False:
+            client.set_tag(run.info.run_id, TAG_FAILURE, "the process running it died")
+            client.set_terminated(run.info.run_id, status="FAILED")
+            failed.append(run.info.run_id)
+    return failed
