@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from seglab import __version__
-from seglab.cli import demo, phantom
+from seglab.cli import demo, phantom, ui
 from seglab.errors import SeglabError
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(phantom.app, name="phantom")
 app.command("demo")(demo.demo)
+app.command("ui")(ui.ui)
 
 #: Exit status for errors in the user's input (click uses 2 for usage errors too).
 EXIT_USER_ERROR = 2
