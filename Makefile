@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint ui clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+
+ui: $(STAMP)
+	$(BIN)/seglab ui
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache $(DEMO_OUT)
