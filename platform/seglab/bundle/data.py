@@ -1,0 +1,80 @@
+"""MONAI-style data lists (``[{"image": path, "label": path}, ...]``) from a dataset folder."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import numpy as np
+
+from seglab.errors import SeglabError
+from seglab.io.dataset import scan_dataset
+
+__all__ = ["SPLITS", "dataset_dicts"]
+
+Split = Literal["train", "val", "all"]
+SPLITS: tuple[str, ...] = ("train", "val", "all")
+
+
+def dataset_dicts(
+    root: str | os.PathLike[str],
+    split: Split = "all",
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    require_labels: bool = True,
+) -> list[dict[str, str]]:
+    """List a dataset folder's samples as dictionaries of file paths, split reproducibly.
+
+    Parameters
+    ----------
+    root : path-like
+        Dataset folder (``images/``, ``labels/``, optional ``classes.json``); see
+        :mod:`seglab.io.dataset`.
+    split : {"train", "val", "all"}
+        Which part to return. ``"val"`` is ``round(val_fraction * n)`` samples (at least one
+        when ``val_fraction > 0`` and ``n >= 2``) drawn with ``seed``; ``"train"`` is the rest.
+    val_fraction : float
+        Fraction of samples held out for validation, in [0, 1).
+    seed : int
+        Seed of the permutation that picks the validation samples.
+    require_labels : bool
+        With False, images without labels are listed too (their dictionaries have no
+        ``"label"``), e.g. for inference.
+
+    Returns
+    -------
+    list of dict
+        ``{"image": str, "label": str, "name": str}`` per sample (``"label"`` left out when the
+        sample has none), sorted by name. Empty when the split holds no sample.
+
+    Raises
+    ------
+    SeglabError
+        For an unknown split or a fraction outside [0, 1).
+    DataFileError
+        For a dataset folder that :func:`seglab.io.dataset.scan_dataset` rejects.
+    """
+    if split not in SPLITS:
+        raise SeglabError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
+    if isinstance(val_fraction, bool) or not 0.0 <= float(val_fraction) < 1.0:
+        raise SeglabError(
+            f"val_fraction must be in [0, 1), got {val_fraction!r}", "pass e.g. val_fraction=0.2"
+        )
+    samples = scan_dataset(root, require_labels=require_labels).samples
+    n = len(samples)
+    n_val = round(float(val_fraction) * n)
+    if val_fraction > 0 and n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    held_out = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
+    if split == "all":
+        chosen = range(n)
+    else:
+        chosen = [i for i in range(n) if (i in held_out) == (split == "val")]
+    dicts = []
+    for i in chosen:
+        sample = samples[i]
+        entry = {"image": str(sample.image), "name": sample.name}
+        if sample.label is not None:
+            entry["label"] = str(sample.label)
+        dicts.append(entry)
+    return dicts

@@ -1,0 +1,141 @@
+"""The lung bundle: metadata schema, network shapes, and train -> inference -> evaluate runs."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from monai.bundle import verify_metadata, verify_net_in_out
+
+from seglab.io.images import read_image, write_image
+from seglab.io.labels import LUNG_CLASSES
+from seglab.phantoms.lung import make_lung_phantom
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "bundles" / "lung" / "configs"
+SCHEMA = REPO.parent / "shared" / "monai" / "meta_schema_20240725.json"
+# A tiny U-Net so a CPU epoch takes about a second.
+TINY_UNET = [
+    "--network_options#unet#channels", "[4,8]",
+    "--network_options#unet#strides", "[2]",
+    "--network_options#unet#num_res_units", "0",
+]  # fmt: skip
+
+
+def config_list(*names: str) -> str:
+    return str([str(CONFIGS / name) for name in names])
+
+
+def run_bundle(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def lung_dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("lung")
+    for seed in range(3):
+        phantom = make_lung_phantom(size=256, seed=seed)
+        write_image(root / "images" / f"lung_{seed}.png", phantom.image)
+        write_image(root / "labels" / f"lung_{seed}.png", phantom.label_rgb)
+    LUNG_CLASSES.save(root / "classes.json")
+    return root
+
+
+def test_every_config_is_valid_json():
+    names = {p.name for p in CONFIGS.glob("*.json")}
+    assert {
+        "metadata.json",
+        "common.json",
+        "train.json",
+        "inference.json",
+        "evaluate.json",
+    } <= names
+    for path in CONFIGS.glob("*.json"):
+        json.loads(path.read_text())
+    assert (CONFIGS / "logging.conf").is_file()
+    assert (CONFIGS.parent / "docs" / "README.md").is_file()
+
+
+@pytest.mark.skipif(not SCHEMA.is_file(), reason="shared/monai/ schema copy not beside the repo")
+@pytest.mark.filterwarnings("ignore:No hash value provided")
+def test_metadata_is_valid_against_the_monai_schema():
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
+
+
+def test_metadata_names_the_2024_schema_and_six_classes():
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert meta["schema"].endswith("meta_schema_20240725.json")
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 6
+    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 3
+
+
+@pytest.mark.parametrize("network_name", ["unet", "segnet", "deeplabv3plus"])
+def test_each_network_matches_the_metadata_shapes(network_name):
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(CONFIGS / "metadata.json"),
+        config_file=[str(CONFIGS / "common.json"), str(CONFIGS / "inference.json")],
+        n=8,
+        device="cpu",
+        network_name=network_name,
+    )
+
+
+def test_train_then_infer_then_evaluate(lung_dataset, tmp_path):
+    models = tmp_path / "models"
+    run_bundle(
+        "--config_file", config_list("common.json", "train.json"),
+        "--dataset_dir", str(lung_dataset),
+        "--output_dir", str(models),
+        "--epochs", "1",
+        "--num_samples", "2",
+        "--batch_size", "2",
+        "--tiling_preset", "no-overlap",
+        *TINY_UNET,
+    )  # fmt: skip
+    model = models / "model.pt"
+    assert model.is_file()
+
+    predictions = tmp_path / "predictions"
+    run_bundle(
+        "--config_file", config_list("common.json", "inference.json"),
+        "--dataset_dir", str(lung_dataset),
+        "--model_path", str(model),
+        "--prediction_dir", str(predictions),
+        "--tiling_preset", "paper-64",
+        *TINY_UNET,
+    )  # fmt: skip
+    written = sorted(p.name for p in predictions.iterdir())
+    assert written == ["lung_0_seg.png", "lung_1_seg.png", "lung_2_seg.png"]
+    labels = read_image(predictions / "lung_0_seg.png").array
+    assert labels.shape == (256, 256)
+    assert labels.dtype == np.uint8
+    assert labels.max() < 6
+
+    eval_dir = tmp_path / "eval"
+    run_bundle(
+        "--config_file", config_list("common.json", "evaluate.json"),
+        "--dataset_dir", str(lung_dataset),
+        "--model_path", str(model),
+        "--eval_dir", str(eval_dir),
+        "--tiling_preset", "no-overlap",
+        *TINY_UNET,
+    )  # fmt: skip
+    with open(eval_dir / "mean_dice_summary.csv") as f:
+        rows = {row["class"]: float(row["mean"]) for row in csv.DictReader(f)}
+    assert list(rows) == [f"class{c}" for c in range(6)] + ["mean"]
+    assert all(0.0 <= value <= 1.0 for value in rows.values())
