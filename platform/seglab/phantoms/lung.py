@@ -30,8 +30,8 @@ study's resized images (2475 px at an assumed 0.5 um/px resized to 1024 px: 1.20
 default 256 x 256 phantom thus looks like one 256-px tile of a resized study image, and
 ``LungPhantomConfig.study()`` gives the whole 1024 x 1024 image (``raw=True``: 2475 x 2475 at
 0.5 um/px, the same field). Structure counts are densities per mm^2 of field; each structure
-kind with a non-zero density is drawn at least once, so every class appears even in a small
-field.
+kind with a non-zero density is attempted at least once, so every class appears in fields of
+256 px and more (a 64-px field, 77 um wide, is mostly one airway).
 
 **Randomness.** One seed drives three independent streams (geometry, texture, noise), so
 changing ``noise`` or ``blur_sigma_um`` changes the image but never the labels.
@@ -80,9 +80,10 @@ class LungPhantomConfig:
     airways_per_mm2, arteries_per_mm2, veins_per_mm2, tubules_per_mm2, bud_clusters_per_mm2
         float
         Number of airway trees, arteries, veins, tubule trees and bud clusters per mm^2 of
-        field (>= 0); each kind with a non-zero density is drawn at least once. The defaults
-        give roughly 50 % background, 10-20 % airway, buds and tubules each, 1-2 % artery and
-        5-10 % vein on a 1024 x 1024 field.
+        field (>= 0); each kind with a non-zero density is attempted at least once. The
+        defaults give about 57-61 % background, 9-12 % each of airway, buds and tubules,
+        1.3-1.4 % artery and 6 % vein on a 1024 x 1024 field (1.2 % artery on average at
+        256 x 256).
     blur_sigma_um : float
         Standard deviation of the Gaussian point spread, um (>= 0).
     noise : float
@@ -95,9 +96,9 @@ class LungPhantomConfig:
     seed: int = 0
     airways_per_mm2: float = 3.0
     arteries_per_mm2: float = 24.0
-    veins_per_mm2: float = 12.0
-    tubules_per_mm2: float = 14.0
-    bud_clusters_per_mm2: float = 40.0
+    veins_per_mm2: float = 18.0
+    tubules_per_mm2: float = 22.0
+    bud_clusters_per_mm2: float = 110.0
     blur_sigma_um: float = 1.0
     noise: float = 6.0
 
@@ -292,26 +293,27 @@ class _TreeShape:
     branch_length_radii: tuple[float, float]  # branch length in multiples of its radius
     curvature_rad: float  # sd of the direction change per step
     max_generations: int
-    layers_um: tuple[tuple[float, int], ...]  # (outer depth limit, component), outside in
+    # (outer limit of relative depth 1 - distance / radius, component), from the outside in
+    layers: tuple[tuple[float, int], ...]
 
 
 _AIRWAY_SHAPE = _TreeShape(
     trunk_radius_um=(30.0, 42.0),
-    min_radius_um=17.0,
+    min_radius_um=16.0,
     child_ratio=(0.72, 0.86),
     branch_length_radii=(3.5, 6.0),
-    curvature_rad=0.07,
+    curvature_rad=0.1,
     max_generations=4,
-    layers_um=((3.0, AIRWAY_MUSCLE), (13.0, AIRWAY_EPITHELIUM), (math.inf, AIRWAY_LUMEN)),
+    layers=((0.1, AIRWAY_MUSCLE), (0.55, AIRWAY_EPITHELIUM), (math.inf, AIRWAY_LUMEN)),
 )
 _TUBULE_SHAPE = _TreeShape(
-    trunk_radius_um=(10.0, 14.0),
-    min_radius_um=6.0,
+    trunk_radius_um=(13.0, 18.0),
+    min_radius_um=8.0,
     child_ratio=(0.75, 0.9),
-    branch_length_radii=(4.0, 8.0),
+    branch_length_radii=(4.0, 7.0),
     curvature_rad=0.22,
     max_generations=4,
-    layers_um=((6.5, TUBULE_EPITHELIUM), (math.inf, TUBULE_LUMEN)),
+    layers=((0.7, TUBULE_EPITHELIUM), (math.inf, TUBULE_LUMEN)),
 )
 
 
@@ -334,14 +336,23 @@ class _Canvas:
         h, w = self.shape
         return -margin <= y < h + margin and -margin <= x < w + margin
 
-    def is_free(self, y: float, x: float, depth_map: np.ndarray | None = None) -> bool:
-        """Whether the pixel at (y, x) is at least the gap away from drawn structures."""
+    def is_free(
+        self,
+        y: float,
+        x: float,
+        depth_map: np.ndarray | None = None,
+        clearance: float | None = None,
+    ) -> bool:
+        """Whether (y, x) is ``clearance`` px (default: the gap) away from drawn structures.
+
+        Points off the image are free. ``depth_map`` defaults to all structures drawn so far.
+        """
         iy, ix = int(round(y)), int(round(x))
         h, w = self.shape
         if not (0 <= iy < h and 0 <= ix < w):
             return True
         depth = self.occupied_depth if depth_map is None else depth_map
-        return bool(depth[iy, ix] <= -self.gap)
+        return bool(depth[iy, ix] <= -(self.gap if clearance is None else clearance))
 
     def footprint_is_free(self, slices: tuple[slice, slice], depth: np.ndarray) -> bool:
         near = depth > -self.gap
@@ -354,15 +365,18 @@ class _Canvas:
         label: int,
         layers: tuple[tuple[float, int], ...],
         gain: float,
+        layer_depth: np.ndarray | None = None,
     ) -> None:
         """Give the free pixels with depth > 0 the label, and components by depth, outside in.
 
-        ``layers`` are ``(outer depth limit in pixels, component)`` from the outside in.
+        ``depth`` is in pixels (positive inside). ``layers`` are ``(outer depth limit,
+        component)`` from the outside in, tested on ``layer_depth`` (default ``depth``).
         """
         inside = (depth > 0) & (self.labels[slices] == 0)
         component = self.component[slices]
+        by = depth if layer_depth is None else layer_depth
         for limit, comp in reversed(layers):
-            component[inside & (depth <= limit)] = comp
+            component[inside & (by <= limit)] = comp
         self.labels[slices][inside] = label
         self.gain[slices][inside] = gain
         np.maximum(self.occupied_depth[slices], depth, out=self.occupied_depth[slices])
@@ -386,10 +400,12 @@ def _capsule_depth(
     r0: float,
     r1: float,
     pad: float,
-) -> tuple[tuple[slice, slice], np.ndarray] | None:
-    """Depth inside a tapered capsule, ``radius(t) - distance to the axis`` (pixels).
+) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
+    """Depth inside a tapered capsule, absolute and relative to the local radius.
 
-    Evaluated on the capsule's bounding box grown by ``pad``; None when off the image.
+    The depth is ``radius(t) - distance to the axis`` in pixels, the relative depth
+    ``1 - distance / radius(t)``. Both are evaluated on the capsule's bounding box grown by
+    ``pad``; None when that is off the image.
     """
     reach = max(r0, r1) + pad
     slices = _bbox(
@@ -410,7 +426,8 @@ def _capsule_depth(
     else:
         t = np.zeros((1, 1), dtype=np.float32)
     distance = np.hypot(yy - t * dy, xx - t * dx)
-    return slices, (r0 + t * (r1 - r0)) - distance
+    radius = r0 + t * (r1 - r0)
+    return slices, radius - distance, 1.0 - distance / radius
 
 
 def _blob_depth(
@@ -472,15 +489,19 @@ def _grow_tree(
     shape: _TreeShape,
     label: int,
 ) -> _Tree:
-    """Grow a branching tube by random walks, stopping branches that run into structures."""
+    """Grow a branching tube by random walks, stopping branches that run into structures.
+
+    Branches are grown breadth first; each step looks ahead (and 45 degrees to each side) for
+    other structures, tries a 0.5 rad turn either way when blocked, and ends the branch as a
+    tip when all three are blocked. The tree is painted once complete.
+    """
     um = canvas.um
-    h, w = canvas.shape
     gap = canvas.gap
     own_depth = np.full(canvas.shape, -np.inf, dtype=np.float32)
+    own_relative = np.full(canvas.shape, -np.inf, dtype=np.float32)
     tree = _Tree([], [])
-    trunk_radius = rng.uniform(*shape.trunk_radius_um) * um
     min_radius = shape.min_radius_um * um
-    queue = deque([(start, direction, trunk_radius, 0)])
+    queue = deque([(start, direction, rng.uniform(*shape.trunk_radius_um) * um, 0)])
     bounds = [math.inf, -math.inf, math.inf, -math.inf]
     first_branch = True
     while queue:
@@ -489,42 +510,30 @@ def _grow_tree(
         n_steps = max(2, int(math.ceil(radius * rng.uniform(*shape.branch_length_radii) / step)))
         stopped = False
         for i in range(n_steps):
-            moved = False
-            for turn in (0.0, *rng.permutation([0.5, -0.5])):
-                heading = angle + rng.normal(0.0, shape.curvature_rad) + turn
-                ny, nx = y + step * math.sin(heading), x + step * math.cos(heading)
-                if first_branch and i == 0:
-                    moved = True  # a tree may start inside another structure's margin
+            heading = angle + rng.normal(0.0, shape.curvature_rad)
+            if not (first_branch and i == 0):  # a tree may start in another one's margin
+                for turn in (0.0, *rng.permutation([0.5, -0.5])):
+                    if _way_is_free(canvas, own_depth if i >= 2 else None, y, x, heading + turn,
+                                    step, radius + gap):  # fmt: skip
+                        heading += turn
+                        break
+                else:
+                    stopped = True
                     break
-                ahead = radius + gap
-                probes = [
-                    (ny + ahead * math.sin(heading), nx + ahead * math.cos(heading)),
-                    (ny + 0.7 * ahead * math.sin(heading + 0.8),
-                     nx + 0.7 * ahead * math.cos(heading + 0.8)),
-                    (ny + 0.7 * ahead * math.sin(heading - 0.8),
-                     nx + 0.7 * ahead * math.cos(heading - 0.8)),
-                ]  # fmt: skip
-                free = all(canvas.is_free(py, px) for py, px in probes)
-                if free and i >= 2:
-                    free = all(canvas.is_free(py, px, own_depth) for py, px in probes)
-                if free:
-                    moved = True
-                    break
-            if not moved:
-                stopped = True
-                break
+            ny, nx = y + step * math.sin(heading), x + step * math.cos(heading)
             next_radius = max(radius * 0.985, min_radius)
             piece = _capsule_depth(canvas.shape, (y, x), (ny, nx), radius, next_radius, gap)
             if piece is not None:
-                slices, depth = piece
+                slices, depth, relative = piece
                 np.maximum(own_depth[slices], depth, out=own_depth[slices])
+                np.maximum(own_relative[slices], relative, out=own_relative[slices])
             tree.segments.append(((y, x), (ny, nx), radius))
             reach = radius + gap
             bounds = [
-                min(bounds[0], ny - reach),
-                max(bounds[1], ny + reach),
-                min(bounds[2], nx - reach),
-                max(bounds[3], nx + reach),
+                min(bounds[0], y - reach, ny - reach),
+                max(bounds[1], y + reach, ny + reach),
+                min(bounds[2], x - reach, nx - reach),
+                max(bounds[3], x + reach, nx + reach),
             ]
             y, x, angle, radius = ny, nx, heading, next_radius
             if not canvas.inside(y, x, margin=2 * radius):
@@ -534,20 +543,47 @@ def _grow_tree(
         child_radius = radius * rng.uniform(*shape.child_ratio)
         if not stopped and generation < shape.max_generations and child_radius >= min_radius:
             side = rng.choice([-1.0, 1.0])
-            turn = side * rng.uniform(0.15, 0.45)
-            queue.append(((y, x), angle + turn, child_radius, generation + 1))
             other_radius = max(radius * rng.uniform(*shape.child_ratio), min_radius)
-            other_turn = side * rng.uniform(0.55, 0.95)
-            queue.append(((y, x), angle - other_turn, other_radius, generation + 1))
+            queue.append(((y, x), angle + side * rng.uniform(0.15, 0.45), child_radius,
+                          generation + 1))  # fmt: skip
+            queue.append(((y, x), angle - side * rng.uniform(0.55, 0.95), other_radius,
+                          generation + 1))  # fmt: skip
         elif canvas.inside(y, x):
             tree.tips.append((y, x, angle, radius))
-    if tree.segments:
-        slices = _bbox(canvas.shape, *bounds)
-        if slices is not None:
-            layers = tuple((limit * um, comp) for limit, comp in shape.layers_um)
-            canvas.paint(slices, own_depth[slices], label, layers, rng.uniform(0.8, 1.2))
-    del h, w
+    slices = _bbox(canvas.shape, *bounds) if tree.segments else None
+    if slices is not None:
+        canvas.paint(
+            slices,
+            own_depth[slices],
+            label,
+            shape.layers,
+            rng.uniform(0.8, 1.2),
+            layer_depth=own_relative[slices],
+        )
     return tree
+
+
+def _way_is_free(
+    canvas: _Canvas,
+    own_depth: np.ndarray | None,
+    y: float,
+    x: float,
+    heading: float,
+    step: float,
+    ahead: float,
+) -> bool:
+    """Whether a step from (y, x) along ``heading`` keeps ``ahead`` px clear of structures."""
+    ny, nx = y + step * math.sin(heading), x + step * math.cos(heading)
+    probes = [
+        (
+            ny + ahead * math.sin(heading + turn) * scale,
+            nx + ahead * math.cos(heading + turn) * scale,
+        )
+        for turn, scale in ((0.0, 1.0), (0.8, 0.7), (-0.8, 0.7))
+    ]
+    if not all(canvas.is_free(py, px) for py, px in probes):
+        return False
+    return own_depth is None or all(canvas.is_free(py, px, own_depth) for py, px in probes)
 
 
 def _edge_start(canvas: _Canvas, rng: np.random.Generator) -> tuple[tuple[float, float], float]:
@@ -563,6 +599,21 @@ def _edge_start(canvas: _Canvas, rng: np.random.Generator) -> tuple[tuple[float,
     if edge == 2:  # left
         return (along * h, 0.0), tilt
     return (along * h, w - 1.0), math.pi + tilt
+
+
+def _start_is_free(
+    canvas: _Canvas, start: tuple[float, float], direction: float, clearance: float
+) -> bool:
+    """Whether a tube starting at ``start`` has ``clearance`` px of room for its first steps."""
+    y, x = start
+    return all(
+        canvas.is_free(
+            y + k * clearance * math.sin(direction),
+            x + k * clearance * math.cos(direction),
+            clearance=clearance,
+        )
+        for k in (0.0, 1.0, 2.0)
+    )
 
 
 def _place_blob(
@@ -596,17 +647,20 @@ def _random_points(
 def _draw_structures(canvas: _Canvas, config: LungPhantomConfig, rng: np.random.Generator) -> None:
     """Airways, then arteries beside them, veins, tubules (from airway tips) and buds."""
     um = canvas.um
-    h, w = canvas.shape
 
     # Airway trees: half enter from an edge, half start inside as an in-plane cut.
     airway_tips: list[tuple[float, float, float, float]] = []
     airway_segments: list[tuple[tuple[float, float], tuple[float, float], float]] = []
     for _ in range(_count(config.airways_per_mm2, canvas)):
+        clearance = _AIRWAY_SHAPE.trunk_radius_um[1] * um + canvas.gap
         if rng.random() < 0.5:
-            start, direction = _edge_start(canvas, rng)
+            tries = [_edge_start(canvas, rng) for _ in range(20)]
         else:
-            start = _random_points(canvas, rng, 1, 40 * um)[0]
-            direction = rng.uniform(0, 2 * np.pi)
+            tries = [
+                (p, rng.uniform(0, 2 * np.pi)) for p in _random_points(canvas, rng, 20, 40 * um)
+            ]
+        free = [(p, d) for p, d in tries if _start_is_free(canvas, p, d, clearance)]
+        start, direction = free[0] if free else tries[0]
         tree = _grow_tree(canvas, rng, start, direction, _AIRWAY_SHAPE, AIRWAY)
         airway_tips += tree.tips
         airway_segments += [s for s in tree.segments if canvas.inside(*s[1])]
@@ -637,7 +691,7 @@ def _draw_structures(canvas: _Canvas, config: LungPhantomConfig, rng: np.random.
 
     # Veins and venules: larger irregular ovals with a thin wall.
     for _ in range(_count(config.veins_per_mm2, canvas)):
-        major = rng.uniform(20.0, 42.0) * um
+        major = rng.uniform(25.0, 50.0) * um
         semi_axes = (major, major * rng.uniform(0.45, 0.9))
         candidates = _random_points(canvas, rng, 40, 0.5 * major)
         piece = _place_blob(
@@ -655,9 +709,12 @@ def _draw_structures(canvas: _Canvas, config: LungPhantomConfig, rng: np.random.
             y, x, direction, radius = airway_tips[order[i]]
             start = (y + 0.8 * radius * math.sin(direction), x + 0.8 * radius * math.cos(direction))
         else:
-            free = [p for p in _random_points(canvas, rng, 30, 20 * um) if canvas.is_free(*p)]
-            start = free[0] if free else _random_points(canvas, rng, 1, 20 * um)[0]
-            direction = rng.uniform(0, 2 * np.pi)
+            clearance = _TUBULE_SHAPE.trunk_radius_um[1] * um + canvas.gap
+            tries = [
+                (p, rng.uniform(0, 2 * np.pi)) for p in _random_points(canvas, rng, 30, 20 * um)
+            ]
+            free = [(p, d) for p, d in tries if _start_is_free(canvas, p, d, clearance)]
+            start, direction = free[0] if free else tries[0]
         tree = _grow_tree(canvas, rng, start, direction, _TUBULE_SHAPE, TUBULE)
         tubule_tips += tree.tips
     # A tubule continuing an airway tip near the edge can leave the field without a pixel in
@@ -676,7 +733,7 @@ def _draw_structures(canvas: _Canvas, config: LungPhantomConfig, rng: np.random.
     for i in range(_count(config.bud_clusters_per_mm2, canvas)):
         if i < len(tip_order):
             y, x, direction, radius = tubule_tips[tip_order[i]]
-            blob = rng.uniform(6.0, 9.0) * um
+            blob = rng.uniform(9.0, 13.0) * um
             reach = radius + 0.9 * blob
             cy, cx = y + reach * math.sin(direction), x + reach * math.cos(direction)
         else:
@@ -685,32 +742,39 @@ def _draw_structures(canvas: _Canvas, config: LungPhantomConfig, rng: np.random.
                 continue
             (cy, cx), direction = free[0], rng.uniform(0, 2 * np.pi)
         _draw_bud_cluster(canvas, rng, (cy, cx), direction)
-    del h, w
 
 
 def _draw_bud_cluster(
     canvas: _Canvas, rng: np.random.Generator, first: tuple[float, float], direction: float
 ) -> None:
-    """4-8 touching round blobs budding forward from ``first``."""
+    """Draw a grape-like cluster of 6-11 touching round blobs budding forward from ``first``."""
     um = canvas.um
-    cy, cx = first
     gain = rng.uniform(0.85, 1.15)
-    for _ in range(rng.integers(4, 9)):
-        radius = rng.uniform(6.0, 9.5) * um
-        if canvas.inside(cy, cx) and canvas.is_free(cy, cx):
-            piece = _blob_depth(
-                canvas.shape,
-                (cy, cx),
-                (radius, radius * rng.uniform(0.8, 1.0)),
-                rng.uniform(0, np.pi),
-                _wobble(rng, 0.04),
-                canvas.gap,
-            )
-            if piece is not None:
-                canvas.paint(*piece, BUD, ((math.inf, BUD_EPITHELIUM),), gain)
-        heading = direction + rng.normal(0.0, 1.0)
-        spacing = rng.uniform(1.3, 1.8) * radius
-        cy, cx = cy + spacing * math.sin(heading), cx + spacing * math.cos(heading)
+    centres: list[tuple[float, float, float]] = []
+    for k in range(rng.integers(6, 12)):
+        radius = rng.uniform(9.0, 13.0) * um
+        if k == 0:
+            cy, cx = first
+        elif not centres:
+            return  # no room for the first blob
+        else:
+            py, px, pr = centres[rng.integers(len(centres))]
+            heading = direction + rng.normal(0.0, 1.1)
+            spacing = rng.uniform(0.75, 0.95) * (pr + radius)
+            cy, cx = py + spacing * math.sin(heading), px + spacing * math.cos(heading)
+        if not (canvas.inside(cy, cx) and canvas.is_free(cy, cx, clearance=0.5 * radius)):
+            continue
+        piece = _blob_depth(
+            canvas.shape,
+            (cy, cx),
+            (radius, radius * rng.uniform(0.8, 1.0)),
+            rng.uniform(0, np.pi),
+            _wobble(rng, 0.04),
+            canvas.gap,
+        )
+        if piece is not None:
+            canvas.paint(*piece, BUD, ((math.inf, BUD_EPITHELIUM),), gain)
+            centres.append((cy, cx, radius))
 
 
 # ---------------------------------------------------------------------------------- rendering
@@ -721,7 +785,7 @@ _COMPONENT_COLOUR = np.array(
     [
         (30, 28, 34),  # parenchyma
         (125, 125, 125),  # airway smooth muscle (Acta2)
-        (100, 70, 42),  # airway epithelium (Sftpc-low)
+        (115, 80, 48),  # airway epithelium (Sftpc-low)
         (14, 12, 14),  # airway lumen
         (150, 150, 40),  # bud epithelium (Sftpc+)
         (150, 88, 42),  # tubule epithelium (Sftpc+)
