@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from monai.bundle import verify_metadata, verify_net_in_out
 
+from seglab.io.dataset import write_manifest
 from seglab.io.images import read_image, write_image
 from seglab.io.labels import LUNG_CLASSES
 from seglab.phantoms.lung import make_lung_phantom
@@ -31,7 +32,8 @@ def config_list(*names: str) -> str:
 
 
 def run_bundle(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["OMP_NUM_THREADS"] = "1"
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", *args],
         cwd=REPO,
@@ -52,6 +54,7 @@ def lung_dataset(tmp_path_factory) -> Path:
         write_image(root / "images" / f"lung_{seed}.png", phantom.image)
         write_image(root / "labels" / f"lung_{seed}.png", phantom.label_rgb)
     LUNG_CLASSES.save(root / "classes.json")
+    write_manifest(root)
     return root
 
 
@@ -97,11 +100,13 @@ def test_each_network_matches_the_metadata_shapes(network_name):
 
 def test_train_then_infer_then_evaluate(lung_dataset, tmp_path):
     models = tmp_path / "models"
+    store = tmp_path / "mlruns"
     run_bundle(
         "--config_file", config_list("common.json", "train.json"),
         "--dataset_dir", str(lung_dataset),
         "--output_dir", str(models),
-        "--epochs", "1",
+        "--mlflow_store", str(store),
+        "--epochs", "2",
         "--num_samples", "2",
         "--batch_size", "2",
         "--tiling_preset", "no-overlap",
@@ -109,6 +114,7 @@ def test_train_then_infer_then_evaluate(lung_dataset, tmp_path):
     )  # fmt: skip
     model = models / "model.pt"
     assert model.is_file()
+    check_tracked_run(store, lung_dataset)
 
     predictions = tmp_path / "predictions"
     run_bundle(
@@ -139,3 +145,25 @@ def test_train_then_infer_then_evaluate(lung_dataset, tmp_path):
         rows = {row["class"]: float(row["mean"]) for row in csv.DictReader(f)}
     assert list(rows) == [f"class{c}" for c in range(6)] + ["mean"]
     assert all(0.0 <= value <= 1.0 for value in rows.values())
+
+
+def check_tracked_run(store: Path, dataset: Path) -> None:
+    """The training landed as one complete MLflow run: params, per-epoch metrics, input."""
+    from seglab.tracking.store import resolve_store
+
+    client = resolve_store(store).client()
+    experiment = client.get_experiment_by_name("lung")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.info.run_name.startswith("lung-unet-")
+    params = run.data.params
+    assert params["loss_name"] == "mse" and params["tiling_preset"] == "no-overlap"
+    assert params["learning_rate"] == "0.01" and params["epochs"] == "2"
+    assert params["network_options.channels"] == "[4, 8]"
+    for name in ("train_loss", "train_mean_dice", "val_mean_dice", "learning_rate"):
+        history = client.get_metric_history(run.info.run_id, name)
+        assert [m.step for m in history] == [1, 2], name
+    inputs = run.inputs.dataset_inputs
+    assert [i.dataset.name for i in inputs] == [dataset.name]
+    assert "mlflow.source.git.commit" in run.data.tags

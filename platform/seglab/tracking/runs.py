@@ -169,8 +169,7 @@ def log_dataset(
     return digest
 
 
-@contextlib.contextmanager
-def tracked_run(
+def open_run(
     store: TrackingStore,
     experiment: str,
     name_prefix: str,
@@ -178,8 +177,8 @@ def tracked_run(
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, str] | None = None,
     parent_run_id: str | None = None,
-) -> Iterator[RunHandle]:
-    """Open a run, yield it, and close it with a status that tells the truth.
+) -> RunHandle:
+    """Open a run; close it with :func:`close_run` (or use :func:`tracked_run`).
 
     Parameters
     ----------
@@ -195,8 +194,8 @@ def tracked_run(
     parent_run_id : str, optional
         Makes this a child run (tag ``mlflow.parentRunId``), e.g. one arm of an ablation.
 
-    Yields
-    ------
+    Returns
+    -------
     RunHandle
     """
     experiment_id = ensure_experiment(store, experiment)
@@ -205,20 +204,49 @@ def tracked_run(
     all_tags = owner_tags() | environment_tags() | git_tags() | dict(tags or {})
     if parent_run_id is not None:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    client = store.client()
-    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    run = store.client().create_run(experiment_id, run_name=run_name, tags=all_tags)
     handle = RunHandle(store, experiment_id, run.info.run_id, run_name)
-    try:
-        if params:
+    if params:
+        try:
             log_params(handle, params)
-        yield handle
-    except KeyboardInterrupt:
+        except BaseException as err:
+            close_run(handle, err)
+            raise
+    return handle
+
+
+def close_run(handle: RunHandle, error: BaseException | None = None) -> None:
+    """End a run: FINISHED, KILLED for Ctrl+C, or FAILED with the error's one-line reason."""
+    client = handle.client
+    if error is None:
+        client.set_terminated(handle.run_id, status="FINISHED")
+        return
+    if isinstance(error, KeyboardInterrupt):
         client.set_tag(handle.run_id, TAG_FAILURE, "interrupted")
         client.set_terminated(handle.run_id, status="KILLED")
-        raise
+        return
+    reason = " ".join(f"{type(error).__name__}: {error}".split())[:500]
+    client.set_tag(handle.run_id, TAG_FAILURE, reason)
+    client.set_terminated(handle.run_id, status="FAILED")
+
+
+@contextlib.contextmanager
+def tracked_run(
+    store: TrackingStore,
+    experiment: str,
+    name_prefix: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[RunHandle]:
+    """Open a run (see :func:`open_run`), yield it, and close it with a truthful status."""
+    handle = open_run(
+        store, experiment, name_prefix, params=params, tags=tags, parent_run_id=parent_run_id
+    )
+    try:
+        yield handle
     except BaseException as err:
-        reason = " ".join(f"{type(err).__name__}: {err}".split())[:500]
-        client.set_tag(handle.run_id, TAG_FAILURE, reason)
-        client.set_terminated(handle.run_id, status="FAILED")
+        close_run(handle, err)
         raise
-    client.set_terminated(handle.run_id, status="FINISHED")
+    close_run(handle)
