@@ -94,8 +94,13 @@ def write_sem_phantom(
 ) -> Summary:
     """Write one SEM stack phantom (image, instances, contours, truth) as a dataset folder."""
     out = Path(out)
-    options = {"shape": shape, "cell": cell, "myofibril_axis": axis, "seed": seed}
-    options["extracellular"] = extracellular
+    options = {
+        "shape": shape,
+        "cell": cell,
+        "myofibril_axis": axis,
+        "extracellular": extracellular,
+        "seed": seed,
+    }
     if voxel_size is not None:
         options["voxel_size"] = voxel_size
     with phase_progress() as report_progress:

@@ -10,7 +10,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 from seglab.errors import SeglabError
 from seglab.tracking.store import TrackingStore, fail_dead_runs, resolve_store
@@ -88,7 +87,7 @@ def serve_ui(
     if not 1 <= port <= 65535:
         raise SeglabError(f"port must be 1..65535, got {port}", "pass e.g. --port 5000")
     store = resolve_store(store_dir)
-    if store.is_embedded and not (Path(store.local_dir) / "mlflow.db").exists():
+    if store.is_embedded and not (store.local_dir / "mlflow.db").exists():
         announce(f"no runs yet in {store.local_dir}: the UI will be empty")
     else:
         client = store.client()
