@@ -1,11 +1,36 @@
-"""Pieces that MONAI bundle configs point at: data lists, the tiling inferer, the label writer.
+"""Pieces that MONAI bundle configs point at, and prediction outside a bundle.
+
+Data lists, the tiling inferer, the label writer, per-epoch checkpoints and exact resume.
+
+:mod:`seglab.bundle.predict` runs a trained network on an image or a stack outside a bundle
+(e.g. in a registered model's wrapper) and writes probability and label maps.
 
 Bundle configs (``bundles/<name>/configs/*.json``) refer to these by dotted path, e.g.
 ``"_target_": "seglab.bundle.TilingInferer"``. Nothing here runs at import time beyond imports.
 """
 
+from seglab.bundle.checkpoint import EpochCheckpoint, EpochSeeder, ResumeFromCheckpoint
 from seglab.bundle.data import dataset_dicts
 from seglab.bundle.inferer import TilingInferer
+from seglab.bundle.predict import (
+    predict_image,
+    predict_stack,
+    probability_maps,
+    write_label_map,
+    write_probability_maps,
+)
 from seglab.bundle.writers import LabelMapWriter
 
-__all__ = ["LabelMapWriter", "TilingInferer", "dataset_dicts"]
+__all__ = [
+    "EpochCheckpoint",
+    "EpochSeeder",
+    "LabelMapWriter",
+    "ResumeFromCheckpoint",
+    "TilingInferer",
+    "dataset_dicts",
+    "predict_image",
+    "predict_stack",
+    "probability_maps",
+    "write_label_map",
+    "write_probability_maps",
+]

@@ -1,0 +1,274 @@
+"""Per-epoch checkpoints and exact resume for MONAI/ignite trainings.
+
+Three ignite handlers that bundle configs attach to a trainer (``train#handlers``):
+
+- :class:`ResumeFromCheckpoint` (first in the list) restores model, optimizer and trainer state
+  when training starts, so ignite continues with the epoch after the checkpoint's;
+- :class:`EpochSeeder` reseeds every random generator from ``(seed, epoch)`` when an epoch starts,
+  so epoch ``k`` draws the same patches, flips and shuffle order whatever ran before it;
+- :class:`EpochCheckpoint` (after the ``ValidationHandler``) writes the finished epoch's state
+  atomically: a process killed at any moment leaves the previous or the new file, never a torn one.
+
+Together they make a resumed training reproduce an uninterrupted one exactly (on the same
+machine and software). torch and ignite are imported inside the methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from seglab.errors import SeglabError
+from seglab.io.atomic import atomic_file
+
+__all__ = ["CHECKPOINT_FORMAT", "EpochCheckpoint", "EpochSeeder", "ResumeFromCheckpoint"]
+
+CHECKPOINT_FORMAT = 1
+"""Version of the checkpoint layout written by :class:`EpochCheckpoint`."""
+
+TRAINER_KEY = "trainer"
+"""Name under which the trainer's own state (iteration, epoch_length, max_epochs) is saved."""
+
+logger = logging.getLogger(__name__)
+
+
+class EpochSeeder:
+    """Reseed all random generators from ``seed + epoch`` when each epoch starts.
+
+    Sets the torch, numpy and ``random`` seeds (:func:`monai.utils.set_determinism`) and the
+    random state of every randomizable transform of ``dataset`` (:func:`monai.data.utils.set_rnd`),
+    so the random transforms of epoch ``k`` and the DataLoader's shuffle (drawn when the epoch's
+    iterator is made, after ``EPOCH_STARTED``) depend only on ``(seed, k)``.
+
+    Parameters
+    ----------
+    seed : int
+        Base seed; epoch ``k`` (1-based, as ignite counts) uses ``seed + k``.
+    dataset : torch Dataset, optional
+        The training dataset whose transforms are reseeded (e.g. a ``CacheDataset``).
+    """
+
+    def __init__(self, seed: int, dataset: Any = None) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise SeglabError(
+                f"seed must be a non-negative integer, got {seed!r}", "pass e.g. seed=0"
+            )
+        self.seed = seed
+        self.dataset = dataset
+
+    def attach(self, engine: Any) -> None:
+        """Register :meth:`epoch_started` on the trainer's ``EPOCH_STARTED``."""
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
+
+    def epoch_started(self, engine: Any) -> None:
+        """Seed everything with ``seed + engine.state.epoch``."""
+        from monai.data.utils import set_rnd
+        from monai.utils import set_determinism
+
+        seed = self.seed + int(engine.state.epoch)
+        set_determinism(seed=seed)
+        if self.dataset is not None:
+            set_rnd(self.dataset, seed)
+
+
+class EpochCheckpoint:
+    """Write the training state atomically after every epoch.
+
+    The file holds ``{name: obj.state_dict() for name, obj in save_dict.items()}``, the state of
+    the trainer the handler is attached to under ``"trainer"``, and ``"epoch"`` (the finished
+    epoch, 1-based) and ``"format"`` (:data:`CHECKPOINT_FORMAT`). It is written with
+    :func:`torch.save` into a temporary sibling, flushed to disk and renamed over ``filename``.
+
+    Parameters
+    ----------
+    save_dir : path-like
+        Folder of the checkpoint; created when missing.
+    save_dict : mapping of str to object with ``state_dict()``
+        What to save besides the trainer, e.g. ``{"model": net, "optimizer": opt,
+        "lr_scheduler": sched}``. The name ``"trainer"`` is reserved.
+    filename : str
+        File name inside ``save_dir``.
+
+    Notes
+    -----
+    Attach it after the ``ValidationHandler`` so the file is written once the epoch, validation
+    and best-model saving included, is finished. The trainer is not passed in ``save_dict``: a
+    bundle config cannot name the trainer inside the trainer's own handler list (a cycle).
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike[str],
+        save_dict: Mapping[str, Any],
+        filename: str = "checkpoint.pt",
+    ) -> None:
+        _check_objects(save_dict, "save_dict", "state_dict")
+        if not filename or Path(filename).name != filename:
+            raise SeglabError(
+                f"checkpoint filename must be a plain file name, got {filename!r}",
+                "pass e.g. filename='checkpoint.pt' and the folder as save_dir",
+            )
+        self.path = Path(save_dir) / filename
+        self.save_dict = dict(save_dict)
+
+    def attach(self, engine: Any) -> None:
+        """Register :meth:`epoch_completed` on the trainer's ``EPOCH_COMPLETED``."""
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def epoch_completed(self, engine: Any) -> None:
+        """Save the state of the epoch that just finished."""
+        import torch
+
+        checkpoint = {name: obj.state_dict() for name, obj in self.save_dict.items()}
+        checkpoint[TRAINER_KEY] = engine.state_dict()
+        checkpoint["epoch"] = int(engine.state.epoch)
+        checkpoint["format"] = CHECKPOINT_FORMAT
+        with atomic_file(self.path) as tmp, open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class ResumeFromCheckpoint:
+    """Restore a training from an :class:`EpochCheckpoint` file when the trainer starts.
+
+    Loads the file with ``torch.load(..., weights_only=True)``, restores every object of
+    ``load_dict`` and the trainer's iteration and epoch, so ignite continues with the epoch after
+    the saved one. The trainer keeps its own ``max_epochs`` (a run may be resumed with more
+    epochs). Sets ``engine.state.resumed_from_epoch`` to the checkpoint's epoch, or to ``None``
+    when training starts from scratch.
+
+    Parameters
+    ----------
+    path : path-like
+        The checkpoint file.
+    load_dict : mapping of str to object with ``load_state_dict()``
+        Objects to restore, named as in the checkpoint (``"model"``, ``"optimizer"``, ...).
+        Every name must be in the file; ``"trainer"`` is reserved for the trainer itself.
+    enabled : bool or {"true", "false"}
+        False makes the handler do nothing. Strings are accepted because ``python -m
+        monai.bundle run --resume true`` passes the word, not a bool.
+
+    Raises
+    ------
+    SeglabError
+        When training starts and the file exists but cannot be read, is not a checkpoint of
+        this format, lacks an object, or does not fit the model, optimizer or data loader.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        load_dict: Mapping[str, Any],
+        enabled: bool | str = True,
+    ) -> None:
+        _check_objects(load_dict, "load_dict", "load_state_dict")
+        self.path = Path(path)
+        self.load_dict = dict(load_dict)
+        self.enabled = _as_bool(enabled, "enabled")
+
+    def attach(self, engine: Any) -> None:
+        """Register :meth:`started` on the trainer's ``STARTED``."""
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self.started)
+
+    def started(self, engine: Any) -> None:
+        """Load the checkpoint into the objects and the trainer, if enabled and present."""
+        engine.state.resumed_from_epoch = None
+        if not self.enabled:
+            return
+        if not self.path.is_file():
+            logger.info("no checkpoint at %s: training starts from scratch", self.path)
+            return
+        checkpoint = self._read()
+        for name, obj in self.load_dict.items():
+            self._restore(name, obj, checkpoint[name])
+        self._restore_trainer(engine, checkpoint)
+        engine.state.resumed_from_epoch = checkpoint["epoch"]
+        logger.info("resumed from %s after epoch %d", self.path, checkpoint["epoch"])
+
+    def _fail(self, problem: str) -> SeglabError:
+        return SeglabError(
+            f"cannot resume from checkpoint {self.path}: {problem}",
+            "delete the file to start from scratch, or pass resume=false",
+        )
+
+    def _read(self) -> dict[str, Any]:
+        import pickle
+
+        import torch
+
+        try:
+            checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise self._fail(f"unreadable or corrupt ({reason})") from err
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise self._fail(f"not a seglab checkpoint of format {CHECKPOINT_FORMAT}")
+        missing = [n for n in [*self.load_dict, TRAINER_KEY, "epoch"] if n not in checkpoint]
+        if missing:
+            raise self._fail(f"it lacks {', '.join(missing)}")
+        return checkpoint
+
+    def _restore(self, name: str, obj: Any, state: Any) -> None:
+        try:
+            obj.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            reason = " ".join(str(err).split())[:200]
+            raise self._fail(f"its {name} does not fit ({reason})") from err
+
+    def _restore_trainer(self, engine: Any, checkpoint: Mapping[str, Any]) -> None:
+        state = checkpoint[TRAINER_KEY]
+        saved_length = state.get("epoch_length") if isinstance(state, Mapping) else None
+        current_length = engine.state.epoch_length
+        if current_length is not None and saved_length != current_length:
+            raise self._fail(
+                f"it was written with {saved_length} iterations per epoch, this training "
+                f"has {current_length} (batch size, samples or data changed)"
+            )
+        max_epochs = engine.state.max_epochs
+        self._restore(TRAINER_KEY, engine, state)
+        if max_epochs is not None:
+            engine.state.max_epochs = max_epochs
+        if engine.state.epoch != checkpoint["epoch"]:
+            raise self._fail(
+                f"its trainer state is at epoch {engine.state.epoch}, "
+                f"its epoch field says {checkpoint['epoch']}"
+            )
+
+
+def _check_objects(objects: Any, name: str, method: str) -> None:
+    """Validate a ``save_dict``/``load_dict``: names to objects that have ``method``."""
+    if not isinstance(objects, Mapping) or not objects:
+        raise SeglabError(
+            f"{name} must be a non-empty mapping of names to objects, got {objects!r}",
+            f"pass e.g. {name}={{'model': network, 'optimizer': optimizer}}",
+        )
+    for key, obj in objects.items():
+        if key in (TRAINER_KEY, "epoch", "format"):
+            raise SeglabError(
+                f"{name} may not use the reserved name {key!r}",
+                "the trainer is saved and restored by the handler itself; leave it out",
+            )
+        if not callable(getattr(obj, method, None)):
+            raise SeglabError(
+                f"{name}[{key!r}] has no {method}() method, got {type(obj).__name__}",
+                "pass models, optimizers, lr schedulers or other objects with state dicts",
+            )
+
+
+def _as_bool(value: bool | str, name: str) -> bool:
+    """Return ``value`` as a bool; accept the words ``true``/``false`` a command line passes."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise SeglabError(f"{name} must be true or false, got {value!r}", f"pass {name}=true or false")
