@@ -55,3 +55,11 @@ def test_unlabelled_images_for_inference(tmp_path):
 def test_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(SeglabError, match=match):
         dataset_dicts(make_folder(tmp_path, 2), **kwargs)
+
+
+def test_contours_are_listed_when_present(tmp_path):
+    root = make_folder(tmp_path, 2)
+    write_image(root / "contours" / "s1.png", np.zeros((8, 8), np.uint8))
+    dicts = dataset_dicts(root)
+    assert "contour" not in dicts[0]
+    assert dicts[1]["contour"] == str(root / "contours" / "s1.png")

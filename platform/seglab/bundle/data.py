@@ -28,8 +28,8 @@ def dataset_dicts(
     Parameters
     ----------
     root : path-like
-        Dataset folder (``images/``, ``labels/``, optional ``classes.json``); see
-        :mod:`seglab.io.dataset`.
+        Dataset folder (``images/``, ``labels/``, optional ``contours/`` and ``classes.json``);
+        see :mod:`seglab.io.dataset`.
     split : {"train", "val", "all"}
         Which part to return. ``"val"`` is ``round(val_fraction * n)`` samples (at least one
         when ``val_fraction > 0`` and ``n >= 2``) drawn with ``seed``; ``"train"`` is the rest.
@@ -45,7 +45,8 @@ def dataset_dicts(
     -------
     list of dict
         ``{"image": str, "label": str, "name": str}`` per sample (``"label"`` left out when the
-        sample has none), sorted by name. Empty when the split holds no sample.
+        sample has none), plus ``"contour": str`` for samples with a file in ``contours/``;
+        sorted by name. Empty when the split holds no sample.
 
     Raises
     ------
@@ -76,5 +77,7 @@ def dataset_dicts(
         entry = {"image": str(sample.image), "name": sample.name}
         if sample.label is not None:
             entry["label"] = str(sample.label)
+        if sample.contour is not None:
+            entry["contour"] = str(sample.contour)
         dicts.append(entry)
     return dicts

@@ -10,6 +10,7 @@ from seglab.transforms.slices import (
     RandAdjacentSlicesd,
     adjacent_slice_indices,
 )
+from seglab.transforms.targets import MitoMaps, MitoMapsd, MitoTargets, MitoTargetsd
 from seglab.transforms.tiles import (
     RandTilePatchesd,
     StitchTiles,
@@ -29,6 +30,10 @@ __all__ = [
     "DecodeColourLabelsd",
     "IntensityRemap",
     "IntensityRemapd",
+    "MitoMaps",
+    "MitoMapsd",
+    "MitoTargets",
+    "MitoTargetsd",
     "RandAdjacentSlicesd",
     "RandD4",
     "RandD4d",
