@@ -164,6 +164,25 @@ def check_tracked_run(store: Path, dataset: Path) -> None:
     for name in ("train_loss", "train_mean_dice", "val_mean_dice", "learning_rate"):
         history = client.get_metric_history(run.info.run_id, name)
         assert [m.step for m in history] == [1, 2], name
+    for name in ("background", "airway", "bud", "proximal", "artery", "vein"):
+        history = client.get_metric_history(run.info.run_id, f"val_class_dice_{name}")
+        assert [m.step for m in history] == [1, 2], name
     inputs = run.inputs.dataset_inputs
     assert [i.dataset.name for i in inputs] == [dataset.name]
     assert "mlflow.source.git.commit" in run.data.tags
+    # artifacts: learning curves, the executed configs, the final evaluation report
+    artifacts = {
+        f.path
+        for folder in ("training", "bundle/configs", "evaluation")
+        for f in client.list_artifacts(run.info.run_id, folder)
+    }
+    assert {"training/learning_curves.png", "training/history.csv"} <= artifacts
+    assert {"bundle/configs/train.json", "bundle/configs/common.json"} <= artifacts
+    assert {"evaluation/report.md", "evaluation/per_class.csv", "evaluation/confusion.png"} <= (
+        artifacts
+    )
+    # the logged model, an output of the run, with the final metrics linked to it
+    model_id = run.data.tags["seglab.model_id"]
+    assert [m.model_id for m in run.outputs.model_outputs] == [model_id]
+    assert 0.0 <= run.data.metrics["final_total_dice"] <= 1.0
+    assert {f"final_dice_C{c}" for c in range(1, 7)} <= set(run.data.metrics)

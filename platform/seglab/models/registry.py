@@ -1,0 +1,508 @@
+"""The model registry: evaluations recorded on versions, gated promotion, rollback, audit trail.
+
+Routine analysis runs against ``models:/<name>@champion``, so moving that alias changes
+everyone's results. Here:
+
+- every evaluation of a version (``seglab evaluate``) is recorded on the version as a tag
+  ``seglab.eval.<digest>`` holding the key metric, its value and the evaluation dataset's
+  digest (the SHA-256 of its ``manifest.json``);
+- :func:`promote` to ``champion`` is **gated**: it is refused unless the version has an
+  evaluation on a dataset the current champion was also evaluated on, and its key metric there
+  is at least the champion's (higher is better: Dice, F). ``force=True`` with a ``reason``
+  overrides the gate, and says so in the record;
+- a version whose files are missing can never get an alias;
+- every alias move (promotion, forced promotion, rollback) appends an entry to the registered
+  model's audit trail: tags ``seglab.audit.<time>-<pid>`` with the alias, the previous and new
+  version, their metrics, the reason, the user and the time; the MLflow UI shows them on the
+  registered model's page, and ``seglab models show`` prints them;
+- :func:`rollback` moves an alias back to the version it pointed at before the promotion that
+  put the current version there.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from seglab.errors import SeglabError
+from seglab.tracking.store import TrackingStore
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
+    from seglab.models.pyfunc import BundleModel
+
+__all__ = [
+    "ALIASES",
+    "AuditEntry",
+    "Evaluation",
+    "PromotionRefused",
+    "audit_trail",
+    "evaluations_of",
+    "fetch_model",
+    "load_model",
+    "model_id_of",
+    "parse_model_uri",
+    "promote",
+    "record_evaluation",
+    "resolve_version",
+    "rollback",
+]
+
+ALIASES = ("champion", "candidate")
+EVAL_TAG = "seglab.eval."
+AUDIT_TAG = "seglab.audit."
+_URI = re.compile(
+    r"^models:/(?P<name>[A-Za-z0-9_.\-]+)(?:@(?P<alias>[A-Za-z0-9_\-]+)|/(?P<version>\d+))?$"
+)
+
+
+class PromotionRefused(SeglabError):
+    """The promotion gate refused to move an alias."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A recorded evaluation of a model version on one dataset."""
+
+    metric: str
+    value: float
+    dataset: str
+    digest: str
+    time: str
+    run_id: str = ""
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One alias move in a registered model's audit trail."""
+
+    time: str
+    user: str
+    action: str  # "promote", "force-promote", "rollback"
+    alias: str
+    from_version: str | None
+    to_version: str
+    metric: str | None
+    from_value: float | None
+    to_value: float | None
+    dataset_digest: str | None
+    reason: str
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _mlflow_error(err: Exception) -> str:
+    text = str(getattr(err, "message", "") or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """Split ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``models:/NAME``.
+
+    Returns
+    -------
+    (name, version, alias)
+        ``version`` and ``alias`` are None when not given (then the latest version is meant).
+    """
+    match = _URI.match(uri.strip()) if isinstance(uri, str) else None
+    if match is None:
+        raise SeglabError(
+            f"model URI {uri!r} is not understood",
+            "use models:/NAME@champion, models:/NAME@candidate or models:/NAME/VERSION",
+        )
+    return match["name"], match["version"], match["alias"]
+
+
+def resolve_version(store: TrackingStore, uri: str) -> ModelVersion:
+    """Return the registered model version a ``models:/`` URI points at (clear error if none)."""
+    from mlflow.exceptions import MlflowException
+
+    name, version, alias = parse_model_uri(uri)
+    client = store.client()
+    try:
+        client.get_registered_model(name)
+    except MlflowException as err:
+        raise SeglabError(
+            f"no registered model {name!r} in {store.tracking_uri}",
+            "list them with `seglab models list`, or register one with seglab train --register",
+        ) from err
+    try:
+        if alias is not None:
+            return client.get_model_version_by_alias(name, alias)
+        if version is not None:
+            return client.get_model_version(name, version)
+    except MlflowException as err:
+        what = f"alias @{alias}" if alias else f"version {version}"
+        raise SeglabError(
+            f"model {name!r} has no {what}",
+            f"see `seglab models show {name}` for its versions and aliases",
+        ) from err
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        raise SeglabError(f"model {name!r} has no versions", "register one with seglab train")
+    return max(versions, key=lambda v: int(v.version))
+
+
+def model_id_of(version: ModelVersion) -> str | None:
+    """Return the LoggedModel id behind a version (the registry may not store it itself)."""
+    if getattr(version, "model_id", None):
+        return str(version.model_id)
+    match = re.search(r"/models/(m-[0-9a-f]+)(?:/|$)", str(version.source or ""))
+    return match.group(1) if match else None
+
+
+def missing_files(store: TrackingStore, version: ModelVersion) -> list[str]:
+    """Files a loadable seglab model needs that are missing from ``version``'s source."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    from seglab.models.pyfunc import SETTINGS_FILE
+
+    _activate(store)
+    try:
+        repo = get_artifact_repository(version.source)
+        top = {Path(f.path).name for f in repo.list_artifacts("")}
+        bundle = {Path(f.path).name for f in repo.list_artifacts("artifacts/bundle")}
+        weights = {Path(f.path).name for f in repo.list_artifacts("artifacts/bundle/models")}
+    except Exception:  # noqa: BLE001 - any failure to list means the files cannot be reached
+        return ["MLmodel"]
+    missing = [] if "MLmodel" in top else ["MLmodel"]
+    if SETTINGS_FILE not in bundle:
+        missing.append(f"artifacts/bundle/{SETTINGS_FILE}")
+    if not weights:
+        missing.append("artifacts/bundle/models/*.pt")
+    return missing
+
+
+def _activate(store: TrackingStore) -> None:
+    """Point MLflow's global URIs at ``store`` (artifact repositories of a server need it)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(store.tracking_uri)
+    mlflow.set_registry_uri(store.tracking_uri)
+
+
+def fetch_model(store: TrackingStore, uri: str, folder: str | os.PathLike[str]) -> ModelVersion:
+    """Download the model ``uri`` points at into ``folder``; return its version."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    version = resolve_version(store, uri)
+    missing = missing_files(store, version)
+    if missing:
+        raise SeglabError(
+            f"model {version.name} version {version.version} is missing files "
+            f"({', '.join(missing)}) at {version.source}",
+            "restore the artifact store, or promote another version",
+        )
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    _activate(store)
+    get_artifact_repository(version.source).download_artifacts("", str(folder))
+    return version
+
+
+def load_model(store: TrackingStore, uri: str) -> tuple[BundleModel, ModelVersion]:
+    """Load a registered seglab model through MLflow's pyfunc loader.
+
+    Parameters
+    ----------
+    store : TrackingStore
+    uri : str
+        ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``models:/NAME``.
+
+    Returns
+    -------
+    (BundleModel, ModelVersion)
+    """
+    import mlflow.pyfunc
+
+    folder = tempfile.mkdtemp(prefix="seglab-model-")
+    version = fetch_model(store, uri, folder)
+    loaded = mlflow.pyfunc.load_model(folder)
+    return loaded.unwrap_python_model(), version
+
+
+# -- evaluations ------------------------------------------------------------------------------
+def record_evaluation(
+    store: TrackingStore,
+    name: str,
+    version: str,
+    evaluation: Evaluation,
+) -> None:
+    """Record ``evaluation`` on model version ``name``/``version`` (replaces one on the digest)."""
+    client = store.client()
+    key = f"{EVAL_TAG}{evaluation.digest[:16]}"
+    client.set_model_version_tag(name, version, key, json.dumps(asdict(evaluation)))
+    client.set_model_version_tag(name, version, "seglab.metric", evaluation.metric)
+    client.set_model_version_tag(name, version, evaluation.metric, f"{evaluation.value:.6g}")
+
+
+def evaluations_of(version: ModelVersion) -> dict[str, Evaluation]:
+    """Return the recorded evaluations of a version, by dataset digest."""
+    found = {}
+    for key, value in (version.tags or {}).items():
+        if key.startswith(EVAL_TAG):
+            try:
+                evaluation = Evaluation(**json.loads(value))
+            except (TypeError, ValueError):
+                continue
+            found[evaluation.digest] = evaluation
+    return found
+
+
+# -- audit trail ------------------------------------------------------------------------------
+def audit_trail(store: TrackingStore, name: str) -> list[AuditEntry]:
+    """Every recorded alias move of registered model ``name``, oldest first."""
+    model = store.client().get_registered_model(name)
+    entries = []
+    for key in sorted(k for k in (model.tags or {}) if k.startswith(AUDIT_TAG)):
+        try:
+            entries.append(AuditEntry(**json.loads(model.tags[key])))
+        except (TypeError, ValueError):
+            continue
+    return entries
+
+
+def _append_audit(store: TrackingStore, name: str, entry: AuditEntry) -> None:
+    stamp = f"{time.time_ns():020d}-{os.getpid()}"
+    client = store.client()
+    client.set_registered_model_tag(name, f"{AUDIT_TAG}{stamp}", json.dumps(asdict(entry)))
+    moved = f"{entry.from_version or '-'} -> {entry.to_version}"
+    client.set_registered_model_tag(
+        name,
+        "seglab.last_alias_move",
+        f"{entry.time} {entry.action} @{entry.alias}: {moved} ({entry.reason})",
+    )
+
+
+def _alias_holder(store: TrackingStore, name: str, alias: str) -> ModelVersion | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return store.client().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _compare(candidate: ModelVersion, champion: ModelVersion) -> tuple[Evaluation, Evaluation]:
+    """Return the candidate's and champion's evaluations on their latest common dataset."""
+    name = candidate.name
+    mine = evaluations_of(candidate)
+    theirs = evaluations_of(champion)
+    if not mine:
+        raise PromotionRefused(
+            f"version {candidate.version} of {name} has no recorded evaluation",
+            f"run `seglab evaluate --model models:/{name}/{candidate.version} --data DIR` on "
+            "the champion's evaluation data first",
+        )
+    common = sorted(set(mine) & set(theirs), key=lambda d: mine[d].time)
+    if not common:
+        datasets = ", ".join(sorted({e.dataset for e in theirs.values()})) or "none"
+        raise PromotionRefused(
+            f"versions {candidate.version} and {champion.version} (champion) of {name} were "
+            "never evaluated on the same dataset",
+            f"evaluate version {candidate.version} on the champion's data ({datasets}) with "
+            "seglab evaluate, or use --force --reason",
+        )
+    digest = common[-1]
+    return mine[digest], theirs[digest]
+
+
+def promote(
+    store: TrackingStore,
+    name: str,
+    version: str | int,
+    alias: str = "champion",
+    *,
+    force: bool = False,
+    reason: str = "",
+    user: str | None = None,
+) -> AuditEntry:
+    """Move ``alias`` to ``version`` of ``name``, through the promotion gate.
+
+    Parameters
+    ----------
+    store : TrackingStore
+    name : str
+        Registered model.
+    version : str or int
+        Version to promote.
+    alias : {"champion", "candidate"}
+    force : bool
+        Override the gate (needs ``reason``).
+    reason : str
+        Why; recorded in the audit trail.
+    user : str, optional
+        Recorded as who did it (default: the login name).
+
+    Returns
+    -------
+    AuditEntry
+        The recorded move.
+
+    Raises
+    ------
+    PromotionRefused
+        When the gate refuses (champion only): no evaluation, no common evaluation dataset, or
+        a worse key metric than the current champion.
+    SeglabError
+        Unknown model/version/alias, missing files, ``force`` without a reason.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if alias not in ALIASES:
+        raise SeglabError(f"unknown alias {alias!r}", f"use one of {', '.join(ALIASES)}")
+    if force and not reason.strip():
+        raise SeglabError("--force needs a --reason", 'say why, e.g. --reason "new stain protocol"')
+    version = str(version)
+    candidate = resolve_version(store, f"models:/{name}/{version}")
+    missing = missing_files(store, candidate)
+    if missing:
+        raise SeglabError(
+            f"version {version} of {name} is missing files ({', '.join(missing)})",
+            "it cannot be promoted; log and register the model again",
+        )
+    current = _alias_holder(store, name, alias)
+    if current is not None and str(current.version) == version:
+        raise SeglabError(f"version {version} of {name} is already @{alias}", "nothing to do")
+    recorded = evaluations_of(candidate)
+    mine = max(recorded.values(), key=lambda e: e.time) if recorded else None
+    theirs: Evaluation | None = None
+    if alias == "champion" and current is not None:
+        try:
+            mine, theirs = _compare(candidate, current)
+        except PromotionRefused:
+            if not force:
+                raise
+        if theirs is not None and mine is not None and mine.value < theirs.value and not force:
+            raise PromotionRefused(
+                f"version {version} of {name} has {mine.metric} {mine.value:.4f} on "
+                f"{mine.dataset}, worse than champion version {current.version}'s "
+                f"{theirs.value:.4f}",
+                "keep the champion, or promote anyway with --force --reason",
+            )
+    elif alias == "champion" and mine is None and not force:
+        raise PromotionRefused(
+            f"version {version} of {name} has no recorded evaluation",
+            f"run `seglab evaluate --model models:/{name}/{version} --data DIR` first, "
+            "or use --force --reason",
+        )
+    try:
+        store.client().set_registered_model_alias(name, alias, version)
+    except MlflowException as err:
+        raise SeglabError(
+            f"cannot set @{alias} on {name} version {version}: {_mlflow_error(err)}",
+            "check the tracking store is reachable and writable",
+        ) from err
+    entry = AuditEntry(
+        time=_now(),
+        user=user or _user(),
+        action="force-promote" if force else "promote",
+        alias=alias,
+        from_version=str(current.version) if current is not None else None,
+        to_version=version,
+        metric=mine.metric if mine else None,
+        from_value=theirs.value if theirs else None,
+        to_value=mine.value if mine else None,
+        dataset_digest=mine.digest if mine else None,
+        reason=reason.strip() or ("gate passed" if alias == "champion" else "candidate"),
+    )
+    _append_audit(store, name, entry)
+    return entry
+
+
+def rollback(
+    store: TrackingStore,
+    name: str,
+    alias: str = "champion",
+    *,
+    reason: str = "",
+    user: str | None = None,
+) -> AuditEntry:
+    """Move ``alias`` back to the version it held before the current one was promoted.
+
+    Walking back repeatedly goes further into the past (each rollback undoes the promotion
+    that installed the current version, not the previous rollback).
+
+    Raises
+    ------
+    SeglabError
+        No alias to roll back, no earlier version in the audit trail, or its files missing.
+    """
+    from mlflow.exceptions import MlflowException
+
+    current = _alias_holder(store, name, alias)
+    if current is None:
+        raise SeglabError(f"{name} has no @{alias} to roll back", f"see seglab models show {name}")
+    promotions = [
+        e
+        for e in audit_trail(store, name)
+        if e.alias == alias and e.action != "rollback" and e.to_version == str(current.version)
+    ]
+    if not promotions or promotions[-1].from_version is None:
+        raise SeglabError(
+            f"the audit trail of {name} has no version before @{alias} = {current.version}",
+            "promote a version instead (seglab models promote)",
+        )
+    target = promotions[-1].from_version
+    previous = resolve_version(store, f"models:/{name}/{target}")
+    missing = missing_files(store, previous)
+    if missing:
+        raise SeglabError(
+            f"cannot roll back to version {target} of {name}: its files are missing "
+            f"({', '.join(missing)})",
+            "promote another version with seglab models promote --force --reason",
+        )
+    try:
+        store.client().set_registered_model_alias(name, alias, target)
+    except MlflowException as err:
+        raise SeglabError(
+            f"cannot set @{alias} on {name} version {target}: {_mlflow_error(err)}",
+            "check the tracking store is reachable and writable",
+        ) from err
+    recorded = evaluations_of(previous)
+    latest = max(recorded.values(), key=lambda e: e.time) if recorded else None
+    entry = AuditEntry(
+        time=_now(),
+        user=user or _user(),
+        action="rollback",
+        alias=alias,
+        from_version=str(current.version),
+        to_version=target,
+        metric=latest.metric if latest else None,
+        from_value=None,
+        to_value=latest.value if latest else None,
+        dataset_digest=latest.digest if latest else None,
+        reason=reason.strip() or "rollback",
+    )
+    _append_audit(store, name, entry)
+    return entry
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def iter_models(store: TrackingStore) -> Iterator[Any]:
+    """Yield the registered models of the store."""
+    client = store.client()
+    token = None
+    while True:
+        page = client.search_registered_models(max_results=100, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return

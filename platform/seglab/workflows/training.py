@@ -1,0 +1,382 @@
+"""Training a bundle end to end: the run's final evaluation, its logged model, registration.
+
+:class:`ModelPublisher` is a finisher of :class:`seglab.tracking.handlers.RunLogger` (bundle
+configs list it in ``finishers``): when training completes it logs the best checkpoint as a
+pyfunc model on the run, loads that logged model back through MLflow, evaluates it on the
+validation split with the same code as ``seglab evaluate`` (:func:`evaluate_model`), logs the
+per-class table, figures and ``final_*`` metrics (linked to the model and the dataset digest),
+and, given a name, registers the model and records the evaluation on the new version for the
+promotion gate.
+
+:func:`train_bundle` runs a bundle's training the way ``python -m monai.bundle run`` does (a
+MONAI :class:`~monai.bundle.ConfigWorkflow`), with ``--set`` overrides checked against the
+config first, and returns what the run produced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from seglab.errors import SeglabError
+from seglab.io.dataset import scan_dataset
+from seglab.models.publish import LoggedBundleModel, log_model, register_model
+from seglab.models.pyfunc import MemberSettings, ModelSettings
+from seglab.models.registry import Evaluation, record_evaluation
+from seglab.tracking.runs import RunHandle
+from seglab.workflows.analysis import ModelEvaluation, evaluate_model
+
+__all__ = [
+    "ModelPublisher",
+    "TrainingOutcome",
+    "parse_overrides",
+    "resolve_bundle",
+    "train_bundle",
+]
+
+REPO_BUNDLES = Path(__file__).resolve().parents[3] / "bundles"
+
+
+class ModelPublisher:
+    """Finish a training run: log the model, evaluate it, optionally register it.
+
+    Parameters
+    ----------
+    bundle : str
+        Bundle name (``"lung"``, ``"mito"``).
+    kind : {"multiclass", "binary"}
+    class_names : sequence of str
+    in_channels : int
+        Channels of one input image (before 2.5D stacking).
+    network_name : str
+    network_options : mapping
+        Options of every network (as in the bundle's ``network_options``); the entry of
+        ``network_name`` is kept.
+    weights : path-like
+        The checkpoint to publish (the best model by the validation key metric).
+    configs_dir : path-like, optional
+        The bundle's ``configs/``, stored with the model.
+    eval_data : list of dict, optional
+        The validation data list (dicts with ``"name"``); with ``dataset_dir`` the model is
+        evaluated on those samples. Empty or None: no final evaluation.
+    dataset_dir : path-like, optional
+    register_name : str, optional
+        Register the model under this name.
+    num_slices : int
+        2.5D input slices.
+    tiling_preset, tile_batch_size
+        Inference tiling.
+    intensity_range, intensity_remap, reference_peaks, foreground_classes
+        See :class:`seglab.models.pyfunc.ModelSettings`.
+    tta : {"off", "flips", "all"}
+        Test-time augmentation of the final evaluation.
+    """
+
+    def __init__(
+        self,
+        bundle: str,
+        kind: str,
+        class_names: Sequence[str],
+        in_channels: int,
+        network_name: str,
+        network_options: Mapping[str, Any],
+        weights: str | os.PathLike[str],
+        configs_dir: str | os.PathLike[str] | None = None,
+        eval_data: Sequence[Mapping[str, Any]] | None = None,
+        dataset_dir: str | os.PathLike[str] | None = None,
+        register_name: str | None = None,
+        num_slices: int = 1,
+        tiling_preset: str = "uniform-81",
+        tile_batch_size: int = 16,
+        intensity_range: Sequence[float] = (0.0, 255.0),
+        intensity_remap: bool = False,
+        reference_peaks: Sequence[float] | None = None,
+        foreground_classes: Sequence[int] = (),
+        tta: str = "off",
+    ) -> None:
+        options = dict(network_options.get(network_name, {}) or {})
+        self.settings = ModelSettings(
+            bundle=bundle,
+            kind=kind,  # type: ignore[arg-type]
+            class_names=list(class_names),
+            in_channels=int(in_channels),
+            members=[MemberSettings(network_name, _plain(options), int(num_slices))],
+            tiling_preset=tiling_preset,
+            tile_batch_size=int(tile_batch_size),
+            intensity_range=(float(intensity_range[0]), float(intensity_range[1])),
+            intensity_remap=bool(intensity_remap),
+            reference_peaks=(
+                (float(reference_peaks[0]), float(reference_peaks[1]))
+                if reference_peaks is not None
+                else None
+            ),
+            foreground_classes=[int(c) for c in foreground_classes],
+        )
+        self.settings.validate()
+        self.weights = Path(weights)
+        self.configs_dir = configs_dir
+        self.eval_names = [str(d["name"]) for d in (eval_data or []) if "name" in d]
+        self.dataset_dir = dataset_dir
+        self.register_name = register_name or None
+        self.tta = tta
+        self.logged: LoggedBundleModel | None = None
+        self.evaluation: ModelEvaluation | None = None
+        self.version: str | None = None
+
+    def __call__(self, handle: RunHandle, engine: Any) -> None:
+        """Log, evaluate and register (RunLogger calls this before closing the run)."""
+        if not self.weights.is_file():
+            raise SeglabError(
+                f"no checkpoint at {self.weights} to publish",
+                "check the CheckpointSaver's save_dir, or that validation ran at least once",
+            )
+        epoch = int(getattr(engine.state, "epoch", 0) or 0)
+        self.logged = log_model(handle, self.settings, [self.weights], self.configs_dir, step=epoch)
+        if self.dataset_dir is not None and self.eval_names:
+            self.evaluation = self._evaluate(handle)
+        if self.register_name:
+            version = register_model(handle.store, self.register_name, self.logged)
+            self.version = str(version.version)
+            if self.evaluation is not None:
+                record_evaluation(
+                    handle.store,
+                    self.register_name,
+                    self.version,
+                    _evaluation_record(self.evaluation, handle.run_id),
+                )
+            handle.client.set_tag(
+                handle.run_id, "seglab.registered", f"{self.register_name}/{self.version}"
+            )
+
+    def _evaluate(self, handle: RunHandle) -> ModelEvaluation:
+        from mlflow.entities import Metric
+
+        model = load_logged_model(self.logged)
+        with tempfile.TemporaryDirectory(prefix="seglab-eval-") as tmp:
+            out = Path(tmp) / "evaluation"
+            out.mkdir()
+            evaluation = evaluate_model(
+                model,
+                self.dataset_dir,  # type: ignore[arg-type]
+                out,
+                names=self.eval_names,
+                tta=self.tta,
+                title=f"{self.settings.bundle}: final evaluation on the validation split",
+            )
+            handle.client.log_artifacts(handle.run_id, str(out), "evaluation")
+        now = int(time.time() * 1000)
+        assert self.logged is not None
+        metrics = [
+            Metric(
+                f"final_{key}",
+                float(value),
+                now,
+                0,
+                dataset_name=evaluation.dataset,
+                dataset_digest=evaluation.digest[:36],
+                model_id=self.logged.model_id,
+                run_id=handle.run_id,
+            )
+            for key, value in evaluation.result.metrics.items()
+            if _finite(value)
+        ]
+        handle.client.log_batch(handle.run_id, metrics=metrics)
+        handle.client.set_tag(handle.run_id, "seglab.eval_digest", evaluation.digest)
+        return evaluation
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return float(value) == float(value) and abs(float(value)) != float("inf")
+    except (TypeError, ValueError):
+        return False
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able copy of a config value (MONAI may hand over tuples)."""
+    return json.loads(json.dumps(value, default=list))
+
+
+def _evaluation_record(evaluation: ModelEvaluation, run_id: str) -> Evaluation:
+    from datetime import UTC, datetime
+
+    result = evaluation.result
+    return Evaluation(
+        metric=result.key_metric,
+        value=float(result.key_value),
+        dataset=evaluation.dataset,
+        digest=evaluation.digest,
+        time=datetime.now(UTC).isoformat(timespec="seconds"),
+        run_id=run_id,
+    )
+
+
+def load_logged_model(logged: LoggedBundleModel | None) -> Any:
+    """Load a just-logged model back through MLflow's pyfunc loader (as ``evaluate`` does)."""
+    import mlflow.pyfunc
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    if logged is None:
+        raise SeglabError("no model was logged", "train first")
+    folder = tempfile.mkdtemp(prefix="seglab-model-")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    get_artifact_repository(logged.artifact_location).download_artifacts("", folder)
+    return mlflow.pyfunc.load_model(folder).unwrap_python_model()
+
+
+# -- seglab train -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """What a training produced."""
+
+    run_id: str | None
+    model_id: str | None
+    registered: str | None
+    metrics: dict[str, float]
+    output_dir: Path
+
+
+def resolve_bundle(bundle: str | os.PathLike[str], trust: bool = False) -> Path:
+    """Find a bundle folder: a path, or the name of one of the repository's bundles.
+
+    A bundle outside the repository's ``bundles/`` is refused unless ``trust`` is set: bundle
+    configs are code (``_target_`` and ``$`` expressions run at load).
+    """
+    path = Path(bundle)
+    if not path.is_dir() and (REPO_BUNDLES / str(bundle)).is_dir():
+        path = REPO_BUNDLES / str(bundle)
+    if not (path / "configs" / "train.json").is_file():
+        known = sorted(p.name for p in REPO_BUNDLES.iterdir()) if REPO_BUNDLES.is_dir() else []
+        raise SeglabError(
+            f"{bundle} is not a bundle (no configs/train.json)",
+            f"give a bundle folder or one of: {', '.join(known) or 'none found'}",
+        )
+    path = path.resolve()
+    if not trust and REPO_BUNDLES.resolve() not in path.parents:
+        raise SeglabError(
+            f"bundle {path} is outside seglab's bundles/ and its configs would run as code",
+            "review it, then pass --trust to run it",
+        )
+    return path
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """Parse ``key=value`` overrides; values are JSON when they parse, else strings.
+
+    ``epochs=3`` gives 3, ``class_weights=[1,2]`` a list, ``network_name=segnet`` a string;
+    nested ids use ``#`` (``network_options#unet#channels=[8,16]``).
+    """
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SeglabError(f"override {item!r} is not key=value", "write e.g. --set epochs=5")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        parsed[key] = value
+    return parsed
+
+
+def train_bundle(
+    bundle: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    register: str | None = None,
+    store_dir: str | os.PathLike[str] | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
+    trust: bool = False,
+    extra_configs: Sequence[str] = (),
+) -> TrainingOutcome:
+    """Train a bundle with MONAI's ``ConfigWorkflow`` (as ``python -m monai.bundle run`` does).
+
+    Parameters
+    ----------
+    bundle : path-like or str
+        Bundle folder or name (``lung``, ``mito``).
+    data : path-like
+        Dataset folder.
+    overrides : mapping, optional
+        Config ids to set; an id missing from the configs is an error.
+    register : str, optional
+        Register the trained model under this name.
+    store_dir : path-like, optional
+        Embedded MLflow store folder (``MLFLOW_TRACKING_URI`` wins).
+    output_dir : path-like, optional
+        Checkpoints folder (default: the bundle's ``models/``).
+    trust : bool
+        Allow a bundle from outside the repository.
+    extra_configs : sequence of str
+        More config file names of the bundle merged after ``common.json`` and ``train.json``.
+
+    Returns
+    -------
+    TrainingOutcome
+    """
+    from monai.bundle import ConfigParser, ConfigWorkflow
+
+    root = resolve_bundle(bundle, trust)
+    scan_dataset(data)  # a clear error now, not deep inside MONAI
+    configs = [str(root / "configs" / name) for name in ("common.json", "train.json")]
+    configs += [str(root / "configs" / name) for name in extra_configs]
+    settings: dict[str, Any] = {"bundle_root": str(root), "dataset_dir": str(Path(data))}
+    if store_dir is not None:
+        settings["mlflow_store"] = str(store_dir)
+    if output_dir is not None:
+        settings["output_dir"] = str(output_dir)
+    if register:
+        settings["register_name"] = register
+    user = dict(overrides or {})
+    plain = ConfigParser()
+    plain.read_config(configs)
+    unknown = [key for key in user if key not in plain]
+    if unknown:
+        raise SeglabError(
+            f"unknown config id(s) {', '.join(unknown)} in bundle {root.name}",
+            f"see {root / 'configs'} for the ids a bundle has (nested ids use #)",
+        )
+    workflow = ConfigWorkflow(
+        config_file=configs,
+        meta_file=str(root / "configs" / "metadata.json"),
+        logging_file=str(root / "configs" / "logging.conf"),
+        workflow_type="train",
+        **(settings | user),
+    )
+    workflow.initialize()
+    try:
+        workflow.run()
+    finally:
+        workflow.finalize()
+    return _outcome(workflow, root)
+
+
+def _outcome(workflow: Any, root: Path) -> TrainingOutcome:
+    from seglab.tracking.handlers import RunLogger
+
+    handlers = workflow.parser.get_parsed_content("train#handlers")
+    logger = next((h for h in handlers if isinstance(h, RunLogger)), None)
+    publisher = None
+    if logger is not None:
+        publisher = next((f for f in logger.finishers if isinstance(f, ModelPublisher)), None)
+    metrics: dict[str, float] = {}
+    if publisher is not None and publisher.evaluation is not None:
+        metrics = dict(publisher.evaluation.result.metrics)
+    registered = None
+    if publisher is not None and publisher.version is not None:
+        registered = f"{publisher.register_name}/{publisher.version}"
+    return TrainingOutcome(
+        run_id=logger.last_run_id if logger is not None else None,
+        model_id=publisher.logged.model_id if publisher and publisher.logged else None,
+        registered=registered,
+        metrics=metrics,
+        output_dir=Path(workflow.parser.get_parsed_content("output_dir")),
+    )
