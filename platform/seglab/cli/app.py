@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from seglab import __version__
-from seglab.cli import demo, phantom, ui
+from seglab.cli import analysis, demo, models, phantom, train, ui
 from seglab.errors import SeglabError
 
 app = typer.Typer(
@@ -26,6 +26,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(phantom.app, name="phantom")
+app.add_typer(models.app, name="models")
+app.command("train")(train.train)
+app.command("evaluate")(analysis.evaluate)
+app.command("segment")(analysis.segment)
 app.command("demo")(demo.demo)
 app.command("ui")(ui.ui)
 
@@ -93,3 +97,7 @@ def _exit(code: int, argv: list[str] | None) -> int:
     if argv is None:
         sys.exit(code)
     return code
+
+
+if __name__ == "__main__":
+    main()

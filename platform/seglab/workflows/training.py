@@ -66,6 +66,9 @@ class ModelPublisher:
         The validation data list (dicts with ``"name"``); with ``dataset_dir`` the model is
         evaluated on those samples. Empty or None: no final evaluation.
     dataset_dir : path-like, optional
+    eval_dataset_dir : path-like, optional
+        A separate labelled dataset to evaluate on instead (all its samples), e.g. a held-out
+        test set shared by every model that competes for ``@champion``.
     register_name : str, optional
         Register the model under this name.
     num_slices : int
@@ -90,6 +93,7 @@ class ModelPublisher:
         configs_dir: str | os.PathLike[str] | None = None,
         eval_data: Sequence[Mapping[str, Any]] | None = None,
         dataset_dir: str | os.PathLike[str] | None = None,
+        eval_dataset_dir: str | os.PathLike[str] | None = None,
         register_name: str | None = None,
         num_slices: int = 1,
         tiling_preset: str = "uniform-81",
@@ -121,8 +125,12 @@ class ModelPublisher:
         self.settings.validate()
         self.weights = Path(weights)
         self.configs_dir = configs_dir
-        self.eval_names = [str(d["name"]) for d in (eval_data or []) if "name" in d]
+        self.eval_names: list[str] | None = [
+            str(d["name"]) for d in (eval_data or []) if "name" in d
+        ]
         self.dataset_dir = dataset_dir
+        if eval_dataset_dir:
+            self.dataset_dir, self.eval_names = eval_dataset_dir, None
         self.register_name = register_name or None
         self.tta = tta
         self.logged: LoggedBundleModel | None = None
@@ -138,7 +146,7 @@ class ModelPublisher:
             )
         epoch = int(getattr(engine.state, "epoch", 0) or 0)
         self.logged = log_model(handle, self.settings, [self.weights], self.configs_dir, step=epoch)
-        if self.dataset_dir is not None and self.eval_names:
+        if self.dataset_dir is not None and self.eval_names != []:
             self.evaluation = self._evaluate(handle)
         if self.register_name:
             version = register_model(handle.store, self.register_name, self.logged)
@@ -167,7 +175,8 @@ class ModelPublisher:
                 out,
                 names=self.eval_names,
                 tta=self.tta,
-                title=f"{self.settings.bundle}: final evaluation on the validation split",
+                title=f"{self.settings.bundle}: final evaluation on "
+                + ("the validation split" if self.eval_names else Path(self.dataset_dir).name),
             )
             handle.client.log_artifacts(handle.run_id, str(out), "evaluation")
         now = int(time.time() * 1000)
@@ -292,6 +301,7 @@ def train_bundle(
     *,
     overrides: Mapping[str, Any] | None = None,
     register: str | None = None,
+    eval_data: str | os.PathLike[str] | None = None,
     store_dir: str | os.PathLike[str] | None = None,
     output_dir: str | os.PathLike[str] | None = None,
     trust: bool = False,
@@ -309,6 +319,8 @@ def train_bundle(
         Config ids to set; an id missing from the configs is an error.
     register : str, optional
         Register the trained model under this name.
+    eval_data : path-like, optional
+        Labelled dataset for the final evaluation (default: the validation split of ``data``).
     store_dir : path-like, optional
         Embedded MLflow store folder (``MLFLOW_TRACKING_URI`` wins).
     output_dir : path-like, optional
@@ -335,6 +347,9 @@ def train_bundle(
         settings["output_dir"] = str(output_dir)
     if register:
         settings["register_name"] = register
+    if eval_data is not None:
+        scan_dataset(eval_data)
+        settings["eval_dataset_dir"] = str(Path(eval_data))
     user = dict(overrides or {})
     plain = ConfigParser()
     plain.read_config(configs)
