@@ -63,3 +63,20 @@ def test_contours_are_listed_when_present(tmp_path):
     dicts = dataset_dicts(root)
     assert "contour" not in dicts[0]
     assert dicts[1]["contour"] == str(root / "contours" / "s1.png")
+
+
+def test_class_weights_come_from_the_training_labels_through_the_load_transforms(tmp_path):
+    from seglab.bundle import class_weights_for
+    from seglab.networks.losses import inverse_frequency_weights
+
+    maps = [np.array([[0, 0, 0, 1]]), np.array([[0, 2, 2, 2]])]
+    datalist = [{"label": i} for i in range(len(maps))]
+
+    def load(sample):
+        return {"label": maps[sample["label"]][None]}  # (1, H, W) as MONAI loads it
+
+    weights = class_weights_for(datalist, 3, "inverse-frequency", load)
+    assert weights == pytest.approx(inverse_frequency_weights(maps, 3))
+    assert weights[1] > weights[2] > weights[0]  # the rarest class weighs most
+    with pytest.raises(SeglabError, match="no training samples"):
+        class_weights_for([], 3, "inverse-frequency", load)

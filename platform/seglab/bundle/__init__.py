@@ -10,7 +10,7 @@ Bundle configs (``bundles/<name>/configs/*.json``) refer to these by dotted path
 """
 
 from seglab.bundle.checkpoint import EpochCheckpoint, EpochSeeder, ResumeFromCheckpoint
-from seglab.bundle.data import dataset_dicts
+from seglab.bundle.data import class_weights_for, dataset_dicts
 from seglab.bundle.inferer import TilingInferer
 from seglab.bundle.predict import (
     predict_image,
@@ -27,6 +27,7 @@ __all__ = [
     "LabelMapWriter",
     "ResumeFromCheckpoint",
     "TilingInferer",
+    "class_weights_for",
     "dataset_dicts",
     "predict_image",
     "predict_stack",

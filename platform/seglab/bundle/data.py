@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from seglab.errors import SeglabError
 from seglab.io.dataset import scan_dataset
 
-__all__ = ["SPLITS", "dataset_dicts"]
+__all__ = ["SPLITS", "class_weights_for", "dataset_dicts"]
 
 Split = Literal["train", "val", "all"]
 SPLITS: tuple[str, ...] = ("train", "val", "all")
@@ -81,3 +81,47 @@ def dataset_dicts(
             entry["contour"] = str(sample.contour)
         dicts.append(entry)
     return dicts
+
+
+def class_weights_for(
+    datalist: list[dict[str, str]],
+    num_classes: int,
+    balancing: str,
+    transforms: Any,
+    key: str = "label",
+) -> list[float]:
+    """Class weights from the training labels' class frequencies, for a class-weighted loss.
+
+    Study A blames its failed rare class on an unweighted loss; this gives the weights of
+    :func:`seglab.networks.losses.inverse_frequency_weights` computed over the training set.
+
+    Parameters
+    ----------
+    datalist : list of dict
+        Training samples (``{"image": ..., "label": ...}``), e.g. ``@train#datalist``.
+    num_classes : int
+    balancing : {"inverse-frequency", "median-frequency"}
+    transforms : callable or sequence of callables
+        The bundle's deterministic loading transforms (e.g. ``@load_transforms``): they must
+        turn a sample into class indices under ``key`` (colour decoding, mito targets).
+    key : str
+        Label key.
+
+    Returns
+    -------
+    list of float
+        ``num_classes`` weights averaging 1.
+    """
+    from monai.transforms import Compose
+
+    from seglab.networks.losses import inverse_frequency_weights
+
+    if not datalist:
+        raise SeglabError("no training samples to count classes in", "check dataset_dir")
+    chain = transforms if callable(transforms) else Compose(list(transforms))
+    maps = []
+    for entry in datalist:
+        sample = chain(dict(entry))
+        label = sample[key]
+        maps.append(np.asarray(label.cpu() if hasattr(label, "cpu") else label).astype(np.int64))
+    return inverse_frequency_weights(maps, num_classes, balancing=balancing)
