@@ -192,3 +192,56 @@ def check_tracked_run(store: Path, dataset: Path) -> None:
         assert [m.step for m in history] == [1, 2], name
     inputs = run.inputs.dataset_inputs
     assert [i.dataset.name for i in inputs] == [dataset.name]
+    assert inputs[0].dataset.digest
+    artifacts = {
+        f.path
+        for folder in ("training", "bundle/configs", "evaluation")
+        for f in client.list_artifacts(run.info.run_id, folder)
+    }
+    assert {"training/learning_curves.png", "bundle/configs/train.json"} <= artifacts
+    assert {"evaluation/report.md", "evaluation/sweep.png", "evaluation/sweep.csv"} <= artifacts
+    model_id = run.data.tags["seglab.model_id"]
+    assert [m.model_id for m in run.outputs.model_outputs] == [model_id]
+    assert 0.0 <= run.data.metrics["final_f_score"] <= 1.0
+
+
+def test_seglab_train_registers_a_mito_model_that_evaluates_from_the_registry(
+    sem_dataset, tmp_path, capsys, monkeypatch
+):
+    """The same bundle through ``seglab train``; the registered model evaluates a stack."""
+    from seglab.cli.app import main
+    from seglab.models.registry import evaluations_of, resolve_version
+    from seglab.tracking.store import resolve_store
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = tmp_path / "mlruns"
+    overrides = [
+        "network_options#unet#channels=[4,8]", "network_options#unet#strides=[2]",
+        "network_options#unet#num_res_units=0", "patch_size=64", "epochs=2",
+        "iterations_per_epoch=3", "num_samples=2", "batch_size=2", "val_fraction=0.5",
+        "num_slices=1",
+    ]  # fmt: skip
+    args = ["train", "mito", "--data", str(sem_dataset), "--store", str(store)]
+    args += ["--output", str(tmp_path / "models"), "--register", "mito-test"]
+    for item in overrides:
+        args += ["--set", item]
+    assert main(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "registered mito-test version 1" in out and "f_score" in out
+
+    tracking = resolve_store(store)
+    version = resolve_version(tracking, "models:/mito-test/1")
+    (recorded,) = evaluations_of(version).values()
+    assert recorded.metric == "f_score" and 0.0 <= recorded.value <= 1.0
+    run = tracking.client().get_run(version.run_id)
+    assert run.info.run_name.startswith("mito-unet-1fm-") and run.info.status == "FINISHED"
+
+    assert main(["models", "promote", "mito-test", "1", "--store", str(store)]) == 0
+    code = main(
+        ["evaluate", "--model", "models:/mito-test@champion", "--data", str(sem_dataset),
+         "--out", str(tmp_path / "eval"), "--store", str(store)]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert 0.0 <= metrics["f_score"] <= 1.0 and metrics["n_samples"] == 2
+    assert (tmp_path / "eval" / "sweep.png").is_file()
