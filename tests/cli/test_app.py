@@ -101,6 +101,21 @@ def test_phantom_sem_writes_stack_labels_contours_and_truth(capsys, tmp_path):
     assert meta["config"]["cell"] == "B" and meta["config"]["seed"] == 3
 
 
+def test_phantom_sem_count_writes_several_stacks_into_one_dataset(capsys, tmp_path):
+    out = tmp_path / "sem"
+    args = ["phantom", "sem", str(out), "--shape", "8", "48", "48", "--count", "2", "--seed", "5"]
+    code, _, _ = run(capsys, *args)
+    assert code == 0
+    assert sorted(scan_dataset(out).names) == ["cellA_00", "cellA_01"]
+    first = read_image(out / "images" / "cellA_00.tif").array
+    second = read_image(out / "images" / "cellA_01.tif").array
+    assert not np.array_equal(first, second)  # seeds 5 and 6
+    meta = json.loads((out / "phantom.json").read_text())
+    assert [m["config"]["seed"] for m in meta["stacks"].values()] == [5, 6]
+    header = (out / "truth.csv").read_text().splitlines()[0]
+    assert header.startswith("stack,")
+
+
 def test_existing_output_is_refused_without_overwrite_and_kept(capsys, tmp_path):
     out = tmp_path / "lung"
     assert run(capsys, "phantom", "lung", str(out), "--count", "1", "--size", "64")[0] == 0

@@ -66,6 +66,9 @@ def sem(
         bool, typer.Option(help="Include extracellular space (very dark and bright areas).")
     ] = False,
     seed: Seed = 0,
+    count: Annotated[
+        int, typer.Option(min=1, help="Number of stacks (seeds SEED, SEED+1, ...).")
+    ] = 1,
     overwrite: Overwrite = False,
 ) -> None:
     """SBF-SEM stack phantom: image, instance labels, contours and a truth table."""
@@ -79,6 +82,7 @@ def sem(
         axis=axis,
         extracellular=extracellular,
         seed=seed,
+        count=count,
         overwrite=overwrite,
     )
     typer.echo(summary.report())

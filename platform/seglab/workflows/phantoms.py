@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seglab.errors import SeglabError
 from seglab.io.atomic import atomic_directory
 from seglab.io.dataset import write_manifest
 from seglab.io.images import write_image
@@ -90,49 +91,68 @@ def write_sem_phantom(
     axis: tuple[float, float, float] = (0.0, 0.0, 1.0),
     extracellular: bool = False,
     seed: int = 0,
+    count: int = 1,
     overwrite: bool = False,
 ) -> Summary:
-    """Write one SEM stack phantom (image, instances, contours, truth) as a dataset folder."""
+    """Write SEM stack phantoms (image, instances, contours, truth) as one dataset folder.
+
+    With ``count == 1`` the stack is called ``cell<cell>``; with more, ``cell<cell>_<i>`` with
+    seeds ``seed + i`` (e.g. training and validation stacks of one cell), ``truth.csv`` gets a
+    leading ``stack`` column and ``phantom.json`` one entry per stack.
+    """
     out = Path(out)
-    options = {
-        "shape": shape,
-        "cell": cell,
-        "myofibril_axis": axis,
-        "extracellular": extracellular,
-        "seed": seed,
-    }
-    if voxel_size is not None:
-        options["voxel_size"] = voxel_size
-    with phase_progress() as report_progress:
-        phantom = make_sem_phantom(progress=report_progress, **options)
-    name = f"cell{cell}"
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise SeglabError(f"count must be a positive integer, got {count!r}", "pass e.g. 2")
+    names = [f"cell{cell}"] if count == 1 else [f"cell{cell}_{i:02d}" for i in range(count)]
+    rows: list[dict] = []
+    metas: dict[str, dict] = {}
+    phantoms = []
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        spacing = phantom.voxel_size
-        write_image(tmp / "images" / f"{name}.tif", phantom.image, spacing, axes="ZYX")
-        write_image(tmp / "labels" / f"{name}.tif", phantom.instances, spacing, axes="ZYX")
-        # 0/255 in uint8 without an int64 temporary (the study-size stack has 724 M voxels)
-        contours = np.multiply(phantom.contours, 255, dtype=np.uint8)
-        write_image(tmp / "contours" / f"{name}.tif", contours, spacing, axes="ZYX")
-        del contours
-        write_csv(tmp / "truth.csv", truth_table_rows(phantom), SEM_TRUTH_COLUMNS)
-        meta = {
-            "voxel_size_um": spacing,
-            "volume_fraction": phantom.volume_fraction,
-            "config": dataclasses.asdict(phantom.config),
-            "metadata": phantom.metadata,
-        }
-        write_json(tmp / "phantom.json", meta)
+        for i, name in enumerate(names):
+            options = {
+                "shape": shape,
+                "cell": cell,
+                "myofibril_axis": axis,
+                "extracellular": extracellular,
+                "seed": seed + i,
+            }
+            if voxel_size is not None:
+                options["voxel_size"] = voxel_size
+            with phase_progress() as report_progress:
+                phantom = make_sem_phantom(progress=report_progress, **options)
+            spacing = phantom.voxel_size
+            write_image(tmp / "images" / f"{name}.tif", phantom.image, spacing, axes="ZYX")
+            write_image(tmp / "labels" / f"{name}.tif", phantom.instances, spacing, axes="ZYX")
+            # 0/255 in uint8 without an int64 temporary (the study-size stack has 724 M voxels)
+            contours = np.multiply(phantom.contours, 255, dtype=np.uint8)
+            write_image(tmp / "contours" / f"{name}.tif", contours, spacing, axes="ZYX")
+            del contours
+            stack_rows = truth_table_rows(phantom)
+            rows += [{"stack": name} | r for r in stack_rows] if count > 1 else stack_rows
+            metas[name] = {
+                "voxel_size_um": spacing,
+                "volume_fraction": phantom.volume_fraction,
+                "config": dataclasses.asdict(phantom.config),
+                "metadata": phantom.metadata,
+            }
+            phantoms.append((phantom.voxel_size, phantom.volume_fraction, list(phantom.truth)))
+            del phantom
+        columns = ["stack", *SEM_TRUTH_COLUMNS] if count > 1 else SEM_TRUTH_COLUMNS
+        write_csv(tmp / "truth.csv", rows, columns)
+        write_json(tmp / "phantom.json", metas[names[0]] if count == 1 else {"stacks": metas})
         write_manifest(tmp)
-    interior = [t for t in phantom.truth if not t.touches_border]
+    voxel, fraction, truth = phantoms[0]
+    name = names[0]
+    interior = [t for t in truth if not t.touches_border]
     summary = Summary(
-        f"wrote SEM phantom cell {cell}: {shape[0]} x {shape[1]} x {shape[2]} voxels of "
-        f"{' x '.join(f'{v:g}' for v in phantom.voxel_size)} um",
+        f"wrote {count} SEM phantom stack(s) of cell {cell}: {shape[0]} x {shape[1]} x "
+        f"{shape[2]} voxels of {' x '.join(f'{v:g}' for v in voxel)} um",
         out,
     )
     vols = [t.volume_um3 for t in interior]
     summary.lines += [
-        f"{len(phantom.truth)} mitochondria ({len(interior)} not touching the border), "
-        f"volume fraction {100 * phantom.volume_fraction:.1f} %",
+        f"{names[0]}: {len(truth)} mitochondria ({len(interior)} not touching the border), "
+        f"volume fraction {100 * fraction:.1f} %",
         f"mean volume of interior objects {np.mean(vols):.3f} um^3"
         if vols
         else "no interior objects",
