@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,7 +97,7 @@ def save_model_folder(
     Path
         ``path``.
     """
-    import mlflow.pyfunc
+    from mlflow.pyfunc import save_model as save_pyfunc
 
     from seglab.models import model_code
 
@@ -123,14 +124,17 @@ def save_model_folder(
         (bundle / SETTINGS_FILE).write_text(final.to_json())
         if configs_dir is not None and Path(configs_dir).is_dir():
             shutil.copytree(configs_dir, bundle / "configs")
-        mlflow.pyfunc.save_model(
-            path,
-            python_model=model_code.__file__,
-            artifacts={"bundle": str(bundle)},
-            signature=_signature(final),
-            mlflow_model=mlflow_model,
-            pip_requirements=_requirements(),
-        )
+        with warnings.catch_warnings():
+            # the signature fixes the tensor layout; an input example would be a full image
+            warnings.filterwarnings("ignore", message=".*An input example was not provided")
+            save_pyfunc(
+                path,
+                python_model=model_code.__file__,
+                artifacts={"bundle": str(bundle)},
+                signature=_signature(final),
+                mlflow_model=mlflow_model,
+                pip_requirements=_requirements(),
+            )
     return Path(path)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -210,13 +211,8 @@ def _load_member(bundle_dir: Path, settings: ModelSettings, member: MemberSettin
     return network.eval()
 
 
-class BundleModel(PythonModel):
-    """Run a trained seglab bundle on images; the object MLflow stores as a pyfunc model.
-
-    Use :func:`load_bundle_model` for a folder, or ``mlflow.pyfunc.load_model(uri)`` and
-    ``.unwrap_python_model()`` for a logged or registered model; :mod:`mlflow.pyfunc` calls
-    :meth:`load_context` and :meth:`predict`.
-    """
+class BundleRunner:
+    """Run a trained seglab bundle on images (the code of :class:`BundleModel`)."""
 
     def __init__(self) -> None:
         self.settings: ModelSettings | None = None
@@ -385,6 +381,20 @@ class BundleModel(PythonModel):
         if self._settings().kind == "binary":
             return (self.object_probability(probabilities, class_axis) >= 0.5).astype(np.uint8)
         return np.argmax(probabilities, axis=class_axis).astype(np.uint8)
+
+
+# MLflow warns at class creation that predict() has no type hints it can validate; the tensor
+# signature logged with every model is what describes and checks the inputs here.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*Add type hints", category=UserWarning)
+
+    class BundleModel(BundleRunner, PythonModel):
+        """Run a trained seglab bundle on images; the object MLflow stores as a pyfunc model.
+
+        Use :func:`load_bundle_model` for a folder, or ``mlflow.pyfunc.load_model(uri)`` and
+        ``.unwrap_python_model()`` for a logged or registered model; :mod:`mlflow.pyfunc` calls
+        :meth:`load_context` and :meth:`predict`.
+        """
 
 
 def load_bundle_model(bundle_dir: str | os.PathLike[str], device: str = "cpu") -> BundleModel:
