@@ -106,3 +106,46 @@ def test_tile_features_depend_only_on_the_tile():
     tiles = extract_tiles(image, plan)
     full = tile_features(tiles)
     np.testing.assert_allclose(tile_features(tiles[:1]), full[:1], rtol=1e-5, atol=1e-5)
+
+
+TINY_UNET = {
+    "network_options#unet#channels": [4, 8],
+    "network_options#unet#strides": [2],
+    "network_options#unet#num_res_units": 0,
+    "epochs": 1,
+    "val_interval": 1,
+}
+
+
+def test_demo_training_registers_promotes_and_evaluates_the_champions(tmp_path, monkeypatch):
+    from seglab.models.registry import audit_trail, resolve_version
+    from seglab.tracking.store import resolve_store
+    from seglab.workflows.demo import DemoTraining
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    training = DemoTraining(
+        lung_size=256,
+        lung_train=3,
+        lung_test=1,
+        sem_shape=(8, 96, 96),
+        lung=TINY_UNET | {"tiling_preset": "no-overlap", "num_samples": 2, "batch_size": 2},
+        mito=TINY_UNET | {"patch_size": 64, "iterations_per_epoch": 2, "num_slices": 1},
+    )
+    store = tmp_path / "mlruns"
+    summary = run_demo(tmp_path / "out", seed=0, store=store, training=training)
+    for path in summary.outputs.values():
+        assert path.exists(), path
+    text = summary.report()
+    assert "registered lung-demo/1" in text and "registered mito-demo/1" in text
+    assert "models:/lung-demo@champion on 1 test phantoms: total Dice" in text
+    assert "models:/mito-demo@champion on a cell-B stack: F" in text
+    tracking = resolve_store(store)
+    for name in ("lung-demo", "mito-demo"):
+        assert str(resolve_version(tracking, f"models:/{name}@champion").version) == "1"
+        assert [e.action for e in audit_trail(tracking, name)] == ["promote"]
+    client = tracking.client()
+    evaluations = client.search_runs([client.get_experiment_by_name("evaluations").experiment_id])
+    assert sorted(r.data.tags["seglab.model"] for r in evaluations) == [
+        "lung-demo/1",
+        "mito-demo/1",
+    ]

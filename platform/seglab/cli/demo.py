@@ -14,9 +14,26 @@ def demo(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace OUT if it exists and is not empty.")
     ] = False,
+    store: Annotated[
+        Path | None,
+        typer.Option(help="Embedded store folder (default ./mlruns; MLFLOW_TRACKING_URI wins)."),
+    ] = None,
+    training: Annotated[
+        bool,
+        typer.Option(
+            "--training/--no-training",
+            help="Train, register, promote and evaluate both bundles (about 4 minutes).",
+        ),
+    ] = True,
 ) -> None:
-    """Generate lung and SEM phantoms, tile, stitch and score them, remap SEM intensities."""
-    from seglab.workflows.demo import run_demo
+    """Phantoms, tiling and remap baselines, then train, register, promote and evaluate."""
+    from seglab.workflows.demo import DemoTraining, run_demo
 
-    result = run_demo(out, seed=seed, overwrite=overwrite)
+    result = run_demo(
+        out,
+        seed=seed,
+        overwrite=overwrite,
+        store=store,
+        training=DemoTraining() if training else None,
+    )
     typer.echo(result.report())
