@@ -34,7 +34,7 @@ def train(
         typer.Option(help="Embedded store folder (default ./mlruns; MLFLOW_TRACKING_URI wins)."),
     ] = None,
     output: Annotated[
-        Path | None, typer.Option(help="Checkpoint folder (default: the bundle's models/).")
+        Path | None, typer.Option(help="Checkpoint folder (default: checkpoints/BUNDLE).")
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the last epoch checkpoint in OUTPUT.")

@@ -60,6 +60,14 @@ class LoggedBundleModel:
         return f"models:/{self.model_id}"
 
 
+def quiet_artifact_progress() -> None:
+    """Turn off MLflow's per-file progress bars (models are a handful of small files).
+
+    Respects a value the user set in the environment.
+    """
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def _signature(settings: ModelSettings) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
@@ -102,6 +110,7 @@ def save_model_folder(
     from seglab.models import model_code
 
     settings.validate()
+    quiet_artifact_progress()
     if len(weights) != len(settings.members):
         raise SeglabError(
             f"{len(settings.members)} network(s) but {len(weights)} weight file(s)",

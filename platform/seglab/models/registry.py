@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from seglab.errors import SeglabError
+from seglab.models.publish import quiet_artifact_progress
 from seglab.tracking.store import TrackingStore
 
 if TYPE_CHECKING:
@@ -205,7 +206,7 @@ def fetch_model(store: TrackingStore, uri: str, folder: str | os.PathLike[str]) 
             f"({', '.join(missing)}) at {version.source}",
             "restore the artifact store, or promote another version",
         )
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet_artifact_progress()
     _activate(store)
     get_artifact_repository(version.source).download_artifacts("", str(folder))
     return version

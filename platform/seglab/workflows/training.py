@@ -26,7 +26,12 @@ from typing import Any
 
 from seglab.errors import SeglabError
 from seglab.io.dataset import scan_dataset
-from seglab.models.publish import LoggedBundleModel, log_model, register_model
+from seglab.models.publish import (
+    LoggedBundleModel,
+    log_model,
+    quiet_artifact_progress,
+    register_model,
+)
 from seglab.models.pyfunc import MemberSettings, ModelSettings
 from seglab.models.registry import Evaluation, record_evaluation
 from seglab.tracking.runs import RunHandle
@@ -41,6 +46,8 @@ __all__ = [
 ]
 
 REPO_BUNDLES = Path(__file__).resolve().parents[3] / "bundles"
+#: Where ``seglab train`` writes checkpoints unless told otherwise (``<this>/<bundle>``).
+DEFAULT_OUTPUT = Path("checkpoints")
 
 
 class ModelPublisher:
@@ -234,7 +241,7 @@ def load_logged_model(logged: LoggedBundleModel | None) -> Any:
     if logged is None:
         raise SeglabError("no model was logged", "train first")
     folder = tempfile.mkdtemp(prefix="seglab-model-")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet_artifact_progress()
     get_artifact_repository(logged.artifact_location).download_artifacts("", folder)
     return mlflow.pyfunc.load_model(folder).unwrap_python_model()
 
@@ -324,7 +331,7 @@ def train_bundle(
     store_dir : path-like, optional
         Embedded MLflow store folder (``MLFLOW_TRACKING_URI`` wins).
     output_dir : path-like, optional
-        Checkpoints folder (default: the bundle's ``models/``).
+        Checkpoints folder (default ``checkpoints/<bundle>`` in the current folder).
     trust : bool
         Allow a bundle from outside the repository.
     extra_configs : sequence of str
@@ -343,8 +350,9 @@ def train_bundle(
     settings: dict[str, Any] = {"bundle_root": str(root), "dataset_dir": str(Path(data))}
     if store_dir is not None:
         settings["mlflow_store"] = str(store_dir)
-    if output_dir is not None:
-        settings["output_dir"] = str(output_dir)
+    settings["output_dir"] = str(
+        output_dir if output_dir is not None else DEFAULT_OUTPUT / root.name
+    )
     if register:
         settings["register_name"] = register
     if eval_data is not None:
