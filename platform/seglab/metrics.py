@@ -403,6 +403,26 @@ def choose_threshold(
     if not probabilities:
         raise SeglabError("no evaluation images given", "pass at least one labelled image")
     sweeps = [threshold_sweep(p, t) for p, t in zip(probabilities, truths, strict=True)]
+    return choose_threshold_from_sweeps(sweeps)
+
+
+def choose_threshold_from_sweeps(sweeps: Sequence[ThresholdSweep]) -> ThresholdChoice:
+    """Study B's threshold rule on per-image sweeps (the maps themselves are not needed).
+
+    The threshold is the mean of the per-image best thresholds, applied rounded half up; the
+    scores at it are reported pooled (from the summed counts) and per image.
+
+    Parameters
+    ----------
+    sweeps : sequence of ThresholdSweep
+        One per evaluation label image, from :func:`threshold_sweep`.
+
+    Returns
+    -------
+    ThresholdChoice
+    """
+    if not sweeps:
+        raise SeglabError("no evaluation images given", "pass at least one labelled image")
     best = np.array([s.best_threshold for s in sweeps], dtype=np.int64)
     threshold = float(best.mean())
     applied = int(np.floor(threshold + 0.5))

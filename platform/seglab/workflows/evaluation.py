@@ -32,6 +32,7 @@ from seglab.metrics import (
     BinaryScores,
     ThresholdChoice,
     ThresholdSweep,
+    choose_threshold_from_sweeps,
     confusion_matrix,
     dice_from_confusion,
     probability_to_uint8,
@@ -568,42 +569,6 @@ def _plot_multiclass_overlay(
 
 
 # --------------------------------------------------------------------------- binary
-def _choice_from_sweeps(sweeps: Sequence[ThresholdSweep]) -> ThresholdChoice:
-    """Choose study B's threshold from per-sample sweeps, as ``metrics.choose_threshold`` does.
-
-    Parameters
-    ----------
-    sweeps : sequence of ThresholdSweep
-        One per evaluation sample.
-
-    Returns
-    -------
-    ThresholdChoice
-        Same rule and result as ``choose_threshold`` on the maps the sweeps came from, without
-        keeping the maps.
-    """
-    if not sweeps:
-        raise SeglabError("no samples to evaluate", "pass at least one labelled sample")
-    best = np.array([s.best_threshold for s in sweeps], dtype=np.int64)
-    threshold = float(best.mean())
-    applied = int(np.floor(threshold + 0.5))
-    pooled_sweep = ThresholdSweep.from_counts(
-        sum(s.tp for s in sweeps),
-        sum(s.fp for s in sweeps),
-        sum(s.fn for s in sweeps),
-        sum(s.n_pixels for s in sweeps),
-        0.0,
-    )
-    return ThresholdChoice(
-        best,
-        threshold,
-        applied,
-        pooled_sweep.scores_at(applied),
-        [s.scores_at(applied) for s in sweeps],
-        pooled_sweep,
-    )
-
-
 def evaluate_binary(
     samples: Iterable[BinarySample],
     out_dir: str | os.PathLike[str],
@@ -673,7 +638,7 @@ def evaluate_binary(
     if not sweeps:
         raise SeglabError("no samples to evaluate", "pass at least one (name, image, prob, truth)")
 
-    choice = _choice_from_sweeps(sweeps)
+    choice = choose_threshold_from_sweeps(sweeps)
     pooled = choice.sweep
     best_pooled = pooled.best_threshold
     at_fixed = pooled.scores_at(FIXED_THRESHOLD)
