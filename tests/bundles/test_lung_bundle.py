@@ -123,6 +123,7 @@ def test_train_then_infer_then_evaluate(lung_dataset, tmp_path):
         "--model_path", str(model),
         "--prediction_dir", str(predictions),
         "--tiling_preset", "paper-64",
+        "--tta", "flips",
         *TINY_UNET,
     )  # fmt: skip
     written = sorted(p.name for p in predictions.iterdir())
@@ -170,6 +171,7 @@ def check_tracked_run(store: Path, dataset: Path) -> None:
     inputs = run.inputs.dataset_inputs
     assert [i.dataset.name for i in inputs] == [dataset.name]
     assert "mlflow.source.git.commit" in run.data.tags
+    assert "--tiling_preset no-overlap" in run.data.tags["seglab.command"]
     # artifacts: learning curves, the executed configs, the final evaluation report
     artifacts = {
         f.path

@@ -16,6 +16,8 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shlex
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -111,7 +113,10 @@ class RunLogger:
         store = resolve_store(self.store_dir, tracking_uri=self.tracking_uri)
         params = self.params | {"max_epochs": engine.state.max_epochs}
         resumed = getattr(engine.state, "resumed_from_epoch", None)
-        tags = {"seglab.resumed_from_epoch": str(resumed)} if resumed else None
+        # the command line holds the overrides of `python -m monai.bundle run --id value`
+        tags = {"seglab.command": shlex.join(sys.argv)[:5000]}
+        if resumed:
+            tags["seglab.resumed_from_epoch"] = str(resumed)
         self.handle = open_run(store, self.experiment, self.run_prefix, params=params, tags=tags)
         self.last_run_id = self.handle.run_id
         if self.dataset_dir is not None:
