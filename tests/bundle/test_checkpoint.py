@@ -22,10 +22,6 @@ from seglab.bundle.checkpoint import (
     ResumeFromCheckpoint,
 )
 from seglab.errors import SeglabError
-from seglab.io.dataset import write_manifest
-from seglab.io.images import write_image
-from seglab.io.labels import LUNG_CLASSES
-from seglab.phantoms.lung import make_lung_phantom
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "lung" / "configs"
@@ -232,16 +228,9 @@ TINY_UNET = [
 
 
 @pytest.fixture(scope="module")
-def lung_dataset(tmp_path_factory) -> Path:
+def lung_dataset(tmp_path_factory, write_lung_dataset) -> Path:
     """Ten 128x128 phantoms: eight train images (one iteration each), two validation images."""
-    root = tmp_path_factory.mktemp("lung")
-    for seed in range(10):
-        phantom = make_lung_phantom(size=128, seed=seed)
-        write_image(root / "images" / f"lung_{seed}.png", phantom.image)
-        write_image(root / "labels" / f"lung_{seed}.png", phantom.label_rgb)
-    LUNG_CLASSES.save(root / "classes.json")
-    write_manifest(root)
-    return root
+    return write_lung_dataset(tmp_path_factory.mktemp("lung"), range(10), size=128)
 
 
 def train_command(dataset: Path, output: Path, *extra: str) -> list[str]:

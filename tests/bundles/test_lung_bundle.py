@@ -11,10 +11,7 @@ import numpy as np
 import pytest
 from monai.bundle import verify_metadata, verify_net_in_out
 
-from seglab.io.dataset import write_manifest
-from seglab.io.images import read_image, write_image
-from seglab.io.labels import LUNG_CLASSES
-from seglab.phantoms.lung import make_lung_phantom
+from seglab.io.images import read_image
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "lung" / "configs"
@@ -47,15 +44,8 @@ def run_bundle(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def lung_dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("lung")
-    for seed in range(3):
-        phantom = make_lung_phantom(size=256, seed=seed)
-        write_image(root / "images" / f"lung_{seed}.png", phantom.image)
-        write_image(root / "labels" / f"lung_{seed}.png", phantom.label_rgb)
-    LUNG_CLASSES.save(root / "classes.json")
-    write_manifest(root)
-    return root
+def lung_dataset(tmp_path_factory, write_lung_dataset) -> Path:
+    return write_lung_dataset(tmp_path_factory.mktemp("lung"), range(3), size=256)
 
 
 def test_every_config_is_valid_json():

@@ -9,11 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from seglab.io.dataset import write_manifest
-from seglab.io.images import write_image
-from seglab.io.labels import LUNG_CLASSES
-from seglab.phantoms.lung import make_lung_phantom
-
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "lung" / "configs"
 # A tiny U-Net so a CPU epoch takes well under a second (as in test_lung_bundle.py).
@@ -29,16 +24,9 @@ RANK_LINE = re.compile(
 
 
 @pytest.fixture(scope="module")
-def lung_dataset(tmp_path_factory) -> Path:
+def lung_dataset(tmp_path_factory, write_lung_dataset) -> Path:
     """Four phantoms: with val_fraction 0.5, two to train and two to validate."""
-    root = tmp_path_factory.mktemp("lung")
-    for seed in range(4):
-        phantom = make_lung_phantom(size=256, seed=seed)
-        write_image(root / "images" / f"lung_{seed}.png", phantom.image)
-        write_image(root / "labels" / f"lung_{seed}.png", phantom.label_rgb)
-    LUNG_CLASSES.save(root / "classes.json")
-    write_manifest(root)
-    return root
+    return write_lung_dataset(tmp_path_factory.mktemp("lung"), range(4), size=256)
 
 
 def run_torchrun(*args: str) -> subprocess.CompletedProcess:

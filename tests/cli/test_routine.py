@@ -15,11 +15,8 @@ from pathlib import Path
 import pytest
 
 from seglab.cli.app import main
-from seglab.io.dataset import write_manifest
-from seglab.io.images import read_image, write_image
-from seglab.io.labels import LUNG_CLASSES
+from seglab.io.images import read_image
 from seglab.models.registry import evaluations_of, resolve_version
-from seglab.phantoms.lung import make_lung_phantom
 from seglab.tracking.store import resolve_store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,16 +27,6 @@ TINY = [
     "--set", "epochs=2", "--set", "num_samples=2", "--set", "batch_size=2",
     "--set", "tiling_preset=no-overlap", "--set", "learning_rate=0.05",
 ]  # fmt: skip
-
-
-def lung_dataset(root: Path, seeds: range) -> Path:
-    for seed in seeds:
-        phantom = make_lung_phantom(size=256, seed=seed)
-        write_image(root / "images" / f"lung_{seed}.png", phantom.image)
-        write_image(root / "labels" / f"lung_{seed}.png", phantom.label_rgb)
-    LUNG_CLASSES.save(root / "classes.json")
-    write_manifest(root)
-    return root
 
 
 def run(capsys, *args):
@@ -53,9 +40,9 @@ def no_team_server(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
-def test_train_register_promote_evaluate_segment_rollback(tmp_path, capsys):
-    train = lung_dataset(tmp_path / "train", range(3))
-    test = lung_dataset(tmp_path / "test", range(10, 12))
+def test_train_register_promote_evaluate_segment_rollback(tmp_path, capsys, write_lung_dataset):
+    train = write_lung_dataset(tmp_path / "train", range(3))
+    test = write_lung_dataset(tmp_path / "test", range(10, 12))
     store = tmp_path / "mlruns"
     common = ["--data", str(train), "--eval-data", str(test), "--store", str(store)]
     for seed in (0, 1):
@@ -126,8 +113,8 @@ def test_train_register_promote_evaluate_segment_rollback(tmp_path, capsys):
     assert probabilities.shape == (6, 256, 256) and probabilities.dtype.name == "uint8"
 
 
-def test_unknown_override_ids_and_models_are_one_line_errors(tmp_path, capsys):
-    train = lung_dataset(tmp_path / "train", range(2))
+def test_unknown_override_ids_and_models_are_one_line_errors(tmp_path, capsys, write_lung_dataset):
+    train = write_lung_dataset(tmp_path / "train", range(2))
     code, _, err = run(
         capsys, "train", "lung", "--data", str(train), "--set", "epoch=3",
         "--store", str(tmp_path / "mlruns"),
@@ -143,13 +130,13 @@ def test_unknown_override_ids_and_models_are_one_line_errors(tmp_path, capsys):
     assert not (tmp_path / "e").exists()
 
 
-def test_a_bundle_from_outside_the_repository_needs_trust(tmp_path, capsys):
+def test_a_bundle_from_outside_the_repository_needs_trust(tmp_path, capsys, write_lung_dataset):
     bundle = tmp_path / "bundle"
     (bundle / "configs").mkdir(parents=True)
     for name in ("common.json", "train.json", "metadata.json", "logging.conf"):
         (bundle / "configs" / name).write_text(
             (REPO / "bundles" / "lung" / "configs" / name).read_text()
         )
-    train = lung_dataset(tmp_path / "train", range(2))
+    train = write_lung_dataset(tmp_path / "train", range(2))
     code, _, err = run(capsys, "train", str(bundle), "--data", str(train))
     assert code == 2 and "pass --trust" in err

@@ -286,6 +286,18 @@ def _append_audit(store: TrackingStore, name: str, entry: AuditEntry) -> None:
     )
 
 
+def _set_alias(store: TrackingStore, name: str, alias: str, version: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        store.client().set_registered_model_alias(name, alias, version)
+    except MlflowException as err:
+        raise SeglabError(
+            f"cannot set @{alias} on {name} version {version}: {_mlflow_error(err)}",
+            "check the tracking store is reachable and writable",
+        ) from err
+
+
 def _alias_holder(store: TrackingStore, name: str, alias: str) -> ModelVersion | None:
     from mlflow.exceptions import MlflowException
 
@@ -359,8 +371,6 @@ def promote(
     SeglabError
         Unknown model/version/alias, missing files, ``force`` without a reason.
     """
-    from mlflow.exceptions import MlflowException
-
     if alias not in ALIASES:
         raise SeglabError(f"unknown alias {alias!r}", f"use one of {', '.join(ALIASES)}")
     if force and not reason.strip():
@@ -398,13 +408,7 @@ def promote(
             f"run `seglab evaluate --model models:/{name}/{version} --data DIR` first, "
             "or use --force --reason",
         )
-    try:
-        store.client().set_registered_model_alias(name, alias, version)
-    except MlflowException as err:
-        raise SeglabError(
-            f"cannot set @{alias} on {name} version {version}: {_mlflow_error(err)}",
-            "check the tracking store is reachable and writable",
-        ) from err
+    _set_alias(store, name, alias, version)
     entry = AuditEntry(
         time=_now(),
         user=user or _user(),
@@ -440,8 +444,6 @@ def rollback(
     SeglabError
         No alias to roll back, no earlier version in the audit trail, or its files missing.
     """
-    from mlflow.exceptions import MlflowException
-
     current = _alias_holder(store, name, alias)
     if current is None:
         raise SeglabError(f"{name} has no @{alias} to roll back", f"see seglab models show {name}")
@@ -464,13 +466,7 @@ def rollback(
             f"({', '.join(missing)})",
             "promote another version with seglab models promote --force --reason",
         )
-    try:
-        store.client().set_registered_model_alias(name, alias, target)
-    except MlflowException as err:
-        raise SeglabError(
-            f"cannot set @{alias} on {name} version {target}: {_mlflow_error(err)}",
-            "check the tracking store is reachable and writable",
-        ) from err
+    _set_alias(store, name, alias, target)
     recorded = evaluations_of(previous)
     latest = max(recorded.values(), key=lambda e: e.time) if recorded else None
     entry = AuditEntry(
