@@ -141,3 +141,16 @@ def test_owner_tags_describe_this_process():
     tags = owner_tags()
     assert tags[TAG_PID] == str(os.getpid()) and tags[TAG_HOST] == socket.gethostname()
     assert Path("/proc").exists() == ("seglab.pid_start" in tags)
+
+
+def test_artifact_access_sets_the_server_uri_only_inside_the_block(monkeypatch, tmp_path):
+    import os
+
+    from seglab.tracking.store import TrackingStore, artifact_access
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with artifact_access(TrackingStore("http://127.0.0.1:5999")):
+        assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5999"
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    with artifact_access(resolve_store(tmp_path / "mlruns")):  # file:// artifacts: untouched
+        assert "MLFLOW_TRACKING_URI" not in os.environ

@@ -25,7 +25,7 @@ import numpy as np
 from seglab.errors import SeglabError
 from seglab.models.pyfunc import SETTINGS_FILE, ModelSettings
 from seglab.tracking.runs import RunHandle
-from seglab.tracking.store import TrackingStore
+from seglab.tracking.store import TrackingStore, artifact_access
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -205,7 +205,8 @@ def log_model(
                 artifact_path=logged.artifact_location,
             )
             save_model_folder(folder, settings, weights, configs_dir, mlflow_model=mlflow_model)
-            get_artifact_repository(logged.artifact_location).log_artifacts(str(folder))
+            with artifact_access(handle.store):
+                get_artifact_repository(logged.artifact_location).log_artifacts(str(folder))
         client.finalize_logged_model(logged.model_id, "READY")
     except BaseException:
         client.finalize_logged_model(logged.model_id, "FAILED")

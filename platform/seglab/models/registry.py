@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from seglab.errors import SeglabError
 from seglab.models.publish import quiet_artifact_progress
-from seglab.tracking.store import TrackingStore
+from seglab.tracking.store import TrackingStore, artifact_access
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -170,12 +170,12 @@ def missing_files(store: TrackingStore, version: ModelVersion) -> list[str]:
 
     from seglab.models.pyfunc import SETTINGS_FILE
 
-    _activate(store)
     try:
-        repo = get_artifact_repository(version.source)
-        top = {Path(f.path).name for f in repo.list_artifacts("")}
-        bundle = {Path(f.path).name for f in repo.list_artifacts("artifacts/bundle")}
-        weights = {Path(f.path).name for f in repo.list_artifacts("artifacts/bundle/models")}
+        with artifact_access(store):
+            repo = get_artifact_repository(version.source)
+            top = {Path(f.path).name for f in repo.list_artifacts("")}
+            bundle = {Path(f.path).name for f in repo.list_artifacts("artifacts/bundle")}
+            weights = {Path(f.path).name for f in repo.list_artifacts("artifacts/bundle/models")}
     except Exception:  # noqa: BLE001 - any failure to list means the files cannot be reached
         return ["MLmodel"]
     missing = [] if "MLmodel" in top else ["MLmodel"]
@@ -184,14 +184,6 @@ def missing_files(store: TrackingStore, version: ModelVersion) -> list[str]:
     if not weights:
         missing.append("artifacts/bundle/models/*.pt")
     return missing
-
-
-def _activate(store: TrackingStore) -> None:
-    """Point MLflow's global URIs at ``store`` (artifact repositories of a server need it)."""
-    import mlflow
-
-    mlflow.set_tracking_uri(store.tracking_uri)
-    mlflow.set_registry_uri(store.tracking_uri)
 
 
 def fetch_model(store: TrackingStore, uri: str, folder: str | os.PathLike[str]) -> ModelVersion:
@@ -207,8 +199,8 @@ def fetch_model(store: TrackingStore, uri: str, folder: str | os.PathLike[str]) 
             "restore the artifact store, or promote another version",
         )
     quiet_artifact_progress()
-    _activate(store)
-    get_artifact_repository(version.source).download_artifacts("", str(folder))
+    with artifact_access(store):
+        get_artifact_repository(version.source).download_artifacts("", str(folder))
     return version
 
 

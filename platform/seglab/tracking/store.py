@@ -14,10 +14,12 @@ the next start and marked FAILED instead of staying RUNNING forever.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -225,3 +227,26 @@ def fail_dead_runs(store: TrackingStore, experiment_ids: list[str]) -> list[str]
             client.set_terminated(run.info.run_id, status="FAILED")
             failed.append(run.info.run_id)
     return failed
+
+
+@contextlib.contextmanager
+def artifact_access(store: TrackingStore) -> Iterator[None]:
+    """Let MLflow's artifact repositories reach ``store``'s artifacts within the block.
+
+    A server's ``mlflow-artifacts:`` locations are resolved through ``MLFLOW_TRACKING_URI``;
+    it is set for the block and restored after (``mlflow.set_tracking_uri`` would leave it set
+    for the rest of the process, and for its child processes). The embedded store's artifacts
+    are plain ``file://`` locations and need nothing.
+    """
+    if store.is_embedded:
+        yield
+        return
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = store.tracking_uri
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous

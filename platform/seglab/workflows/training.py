@@ -35,6 +35,7 @@ from seglab.models.publish import (
 from seglab.models.pyfunc import MemberSettings, ModelSettings
 from seglab.models.registry import Evaluation, record_evaluation
 from seglab.tracking.runs import RunHandle
+from seglab.tracking.store import TrackingStore, artifact_access
 from seglab.workflows.analysis import ModelEvaluation, evaluate_model
 
 __all__ = [
@@ -172,7 +173,7 @@ class ModelPublisher:
     def _evaluate(self, handle: RunHandle) -> ModelEvaluation:
         from mlflow.entities import Metric
 
-        model = load_logged_model(self.logged)
+        model = load_logged_model(self.logged, handle.store)
         with tempfile.TemporaryDirectory(prefix="seglab-eval-") as tmp:
             out = Path(tmp) / "evaluation"
             out.mkdir()
@@ -233,7 +234,7 @@ def _evaluation_record(evaluation: ModelEvaluation, run_id: str) -> Evaluation:
     )
 
 
-def load_logged_model(logged: LoggedBundleModel | None) -> Any:
+def load_logged_model(logged: LoggedBundleModel | None, store: TrackingStore) -> Any:
     """Load a just-logged model back through MLflow's pyfunc loader (as ``evaluate`` does)."""
     import mlflow.pyfunc
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -242,7 +243,8 @@ def load_logged_model(logged: LoggedBundleModel | None) -> Any:
         raise SeglabError("no model was logged", "train first")
     folder = tempfile.mkdtemp(prefix="seglab-model-")
     quiet_artifact_progress()
-    get_artifact_repository(logged.artifact_location).download_artifacts("", folder)
+    with artifact_access(store):
+        get_artifact_repository(logged.artifact_location).download_artifacts("", folder)
     return mlflow.pyfunc.load_model(folder).unwrap_python_model()
 
 
