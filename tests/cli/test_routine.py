@@ -140,3 +140,16 @@ def test_a_bundle_from_outside_the_repository_needs_trust(tmp_path, capsys, writ
     train = write_lung_dataset(tmp_path / "train", range(2))
     code, _, err = run(capsys, "train", str(bundle), "--data", str(train))
     assert code == 2 and "pass --trust" in err
+
+
+def test_an_error_inside_the_training_engine_is_one_line(tmp_path, capsys, write_lung_dataset):
+    """MONAI wraps errors raised by handlers; seglab train shows the seglab error inside."""
+    train = write_lung_dataset(tmp_path / "train", range(2))
+    code, _, err = run(
+        capsys, "train", "lung", "--data", str(train), "--store", str(tmp_path / "mlruns"),
+        "--output", str(tmp_path / "m"), *TINY, "--set", "epochs=1",
+        "--set", "publisher#weights=/nonexistent/model.pt",
+    )  # fmt: skip
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("seglab: error: no checkpoint at /nonexistent/model.pt")
+    assert "Traceback" not in err

@@ -100,3 +100,17 @@ def test_corrupt_weights_are_a_clear_error(tmp_path, tiny):
     folder = save_model_folder(tmp_path / "model", tiny.settings(), [bad])
     with pytest.raises(SeglabError, match="cannot load model weights"):
         load_bundle_model(folder / "artifacts" / "bundle")
+
+
+def test_object_probability_never_passes_one(tiny):
+    from seglab.models.pyfunc import BundleRunner
+
+    runner = BundleRunner()
+    runner.settings = ModelSettings.from_dict(
+        json.loads(tiny.settings().to_json()) | {"kind": "binary", "foreground_classes": [1, 2]}
+    )
+    probabilities = np.zeros((6, 2, 2), np.float32)
+    probabilities[1], probabilities[2] = 0.6000001, 0.4000001  # sums past 1 in float32
+    assert np.float32(0.6000001) + np.float32(0.4000001) > 1.0
+    objects = runner.object_probability(probabilities)
+    assert objects.max() <= 1.0 and objects.min() >= 0.0

@@ -374,7 +374,9 @@ class BundleRunner:
         """Sum of the foreground classes' probabilities (binary models), float32 0..1."""
         settings = self._settings()
         index = np.asarray(settings.foreground_classes or [1])
-        return np.take(probabilities, index, axis=class_axis).sum(axis=class_axis)
+        summed = np.take(probabilities, index, axis=class_axis).sum(axis=class_axis)
+        # a sum of float32 probabilities can pass 1 by a rounding step
+        return np.clip(summed, 0.0, 1.0, out=summed)
 
     def labels(self, probabilities: np.ndarray, class_axis: int = 0) -> np.ndarray:
         """Class-index map: argmax over classes (multiclass) or object >= 0.5 (binary)."""

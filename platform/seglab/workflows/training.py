@@ -379,9 +379,28 @@ def train_bundle(
     workflow.initialize()
     try:
         workflow.run()
+    except RuntimeError as err:
+        # MONAI wraps what a run expression raises ("Failed to evaluate ..."): give the user
+        # the seglab error inside, which says what was wrong and what to do
+        cause = _seglab_cause(err)
+        if cause is not None:
+            raise cause from err
+        raise
     finally:
         workflow.finalize()
     return _outcome(workflow, root)
+
+
+def _seglab_cause(error: BaseException) -> SeglabError | None:
+    """Return the first :class:`SeglabError` in an exception's chain of causes, if any."""
+    seen = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, SeglabError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _outcome(workflow: Any, root: Path) -> TrainingOutcome:
