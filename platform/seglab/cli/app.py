@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from seglab import __version__
-from seglab.cli import analysis, demo, models, phantom, train, ui
+from seglab.cli import analysis, demo, models, morphometry, phantom, train, ui
 from seglab.errors import SeglabError
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(phantom.app, name="phantom")
 app.add_typer(models.app, name="models")
+app.add_typer(morphometry.app, name="morphometry")
 app.command("train")(train.train)
 app.command("evaluate")(analysis.evaluate)
 app.command("segment")(analysis.segment)

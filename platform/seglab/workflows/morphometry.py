@@ -1,0 +1,739 @@
+"""Morphometry of mitochondria in SBF-SEM stacks (study B): split, measure, compare, log.
+
+:func:`measure_stack` measures a label volume and writes ``instances.csv``, ``summary.json``,
+``labels.tif``, ``figures/`` and ``meshes/``; :func:`split_stack` turns object and contour
+probability maps into a labels TIFF; :func:`run_morphometry` does both with a registered model
+(segment, split, measure) and logs an MLflow run in experiment ``morphometry`` linked to the
+model version; :func:`compare_summaries` lays several ``summary.json`` side by side as study B's
+Table 3. Every output folder is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from seglab.errors import DataFileError, SeglabError
+from seglab.instances import SplitParams, SplitResult, split_instances_chunked
+from seglab.io.atomic import atomic_directory
+from seglab.io.images import Image, read_image, read_stack_memmap, write_image
+from seglab.metrics import probability_to_uint8
+from seglab.morphometry import (
+    MEASUREMENT_COLUMNS,
+    TABLE3_COLUMNS,
+    compare_stacks,
+    estimate_myofibril_axis,
+    estimate_sarcomere_length,
+    measure_objects,
+    rows,
+    summarise,
+    write_meshes,
+)
+from seglab.workflows._outputs import (
+    Summary,
+    phase_progress,
+    pyplot,
+    save_figure,
+    write_csv,
+    write_json,
+)
+
+__all__ = [
+    "MORPHOMETRY_EXPERIMENT",
+    "MorphometryResult",
+    "compare_summaries",
+    "measure_stack",
+    "run_morphometry",
+    "split_stack",
+]
+
+MORPHOMETRY_EXPERIMENT = "morphometry"
+MeshFormat = Literal["ply", "obj", "stl", "none"]
+ArrayOrPath = np.ndarray | str | os.PathLike[str]
+
+#: Default myofibril axis when neither an axis nor an image is given: along x.
+DEFAULT_AXIS = (0.0, 0.0, 1.0)
+#: Label volumes above this many voxels are split into a memory-mapped file, not into RAM.
+MEMMAP_VOXELS = 64 * 1024 * 1024
+#: Slices per slab of the chunked splitting.
+SPLIT_SLAB = 64
+
+
+@dataclass
+class MorphometryResult(Summary):
+    """What a morphometry workflow wrote: :class:`Summary` plus the figures of ``summary.json``.
+
+    Attributes
+    ----------
+    values : dict
+        The content of ``summary.json`` (empty for :func:`split_stack`, which has none).
+    run_id : str
+        MLflow run of :func:`run_morphometry` (empty otherwise).
+    """
+
+    values: dict[str, Any] = field(default_factory=dict)
+    run_id: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+def _voxel_size(voxel_size: Sequence[float] | None, image: Image | None, what: str) -> tuple:
+    """Return ``((z, y, x), source)``: the given voxel size, or the one the file stores."""
+    if voxel_size is not None:
+        try:
+            values = tuple(float(v) for v in voxel_size)
+        except (TypeError, ValueError):
+            values = ()
+        if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+            raise SeglabError(
+                f"voxel size must be three positive lengths Z Y X in um, got {voxel_size!r}",
+                "pass e.g. --voxel-size 0.07 0.014 0.014",
+            )
+        return values, "given"
+    spacing = image.spacing if image is not None else None
+    if spacing is None or len(spacing) != 3:
+        raise SeglabError(
+            f"{what} stores no voxel size and none was given",
+            "pass --voxel-size Z Y X in um",
+        )
+    if not all(math.isfinite(v) and v > 0 for v in spacing):
+        raise SeglabError(
+            f"{what} stores an invalid voxel size {tuple(spacing)}",
+            "pass --voxel-size Z Y X in um",
+        )
+    return tuple(float(v) for v in spacing), f"read from {image.path.name if image.path else what}"
+
+
+def _stack(source: ArrayOrPath, name: str, *, memmap: bool = False) -> Image:
+    """Return a (Z, Y, X) stack from an array or a file (memory-mapped when possible)."""
+    if isinstance(source, np.ndarray):
+        if source.ndim != 3:
+            raise SeglabError(
+                f"{name} must be a (Z, Y, X) stack, got shape {source.shape}",
+                "pass a 3D array or a stack file",
+            )
+        return Image(source, axes="ZYX")
+    image = None
+    if memmap:
+        try:
+            image = read_stack_memmap(source)
+        except DataFileError as err:
+            if not Path(source).exists():
+                raise
+            if "memory-mapped" not in str(err) and "not a TIFF" not in str(err):
+                raise
+    if image is None:
+        image = read_image(source)
+    if image.axes != "ZYX":
+        raise DataFileError(
+            f"{source} holds {image.axes} data of shape {image.shape}, not a (Z, Y, X) stack",
+            f"give a single-channel z-stack as {name}",
+        )
+    return image
+
+
+def _same_shape(shape: tuple[int, ...], other: tuple[int, ...], what: str) -> None:
+    if tuple(other) != tuple(shape):
+        raise SeglabError(
+            f"{what} has shape {tuple(other)}, the labels {tuple(shape)}",
+            f"pass the {what} of the same stack",
+        )
+
+
+def _finite_or_none(value: Any) -> Any:
+    """NaN -> None recursively, so that summary.json is strict JSON."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, float | np.floating) and not math.isfinite(float(value)):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------------
+
+
+def measure_stack(
+    labels: ArrayOrPath,
+    voxel_size: Sequence[float] | None,
+    out_dir: str | os.PathLike[str],
+    *,
+    axis: Sequence[float] | None = None,
+    image: ArrayOrPath | None = None,
+    method: str = "moments",
+    meshes: MeshFormat = "ply",
+    cell_mask: np.ndarray | None = None,
+    overwrite: bool = False,
+) -> MorphometryResult:
+    """Measure every object of a label volume and write the morphometry folder.
+
+    Parameters
+    ----------
+    labels : (Z, Y, X) ndarray of int, or path
+        Instance labels (0 background) or a stack file holding them.
+    voxel_size : tuple of float or None
+        ``(z, y, x)`` in um; None reads it from the ``labels`` file (then from ``image``).
+    out_dir : path-like
+        New folder (replaced only with ``overwrite``) receiving ``instances.csv`` (columns
+        :data:`seglab.morphometry.MEASUREMENT_COLUMNS`), ``summary.json``, ``labels.tif``
+        (uint16, or uint32 above 65535 labels, with the voxel size), ``figures/*.png`` and
+        ``meshes/`` (one file per object plus ``model.<format>``, coordinates x, y, z in um).
+    axis : tuple of float, optional
+        ``(z, y, x)`` myofibril direction. When omitted it is estimated from ``image``
+        (structure tensor), or taken along x when there is no image; ``summary.json`` says which.
+    image : (Z, Y, X) ndarray or path, optional
+        The SEM stack; gives the axis when none is given and the sarcomere length (Z-disc
+        period along the axis, measured outside the objects).
+    method : {"moments", "published"}
+        Spheroid fit (:func:`seglab.morphometry.measure_objects`).
+    meshes : {"ply", "obj", "stl", "none"}
+        Mesh format, or no meshes.
+    cell_mask : (Z, Y, X) ndarray of bool, optional
+        The cell; adds the volume fraction of the cell.
+    overwrite : bool
+        Whether an existing non-empty ``out_dir`` is replaced.
+
+    Returns
+    -------
+    MorphometryResult
+        Report lines, output paths and the ``summary.json`` content.
+
+    Raises
+    ------
+    SeglabError
+        Bad voxel size (or none known), axis, mesh format, or image/mask of another shape.
+    DataFileError
+        Missing or unreadable files.
+    """
+    if meshes not in ("ply", "obj", "stl", "none"):
+        raise SeglabError(f"unknown mesh format {meshes!r}", "use ply, obj, stl or none")
+    label_image = _stack(labels, "labels")
+    grey = _stack(image, "image") if image is not None else None
+    if voxel_size is None and label_image.spacing is None and grey is not None:
+        spacing, source = _voxel_size(None, grey, "the image")
+    else:
+        spacing, source = _voxel_size(voxel_size, label_image, "the labels")
+    array = np.asarray(label_image.array)
+    out = Path(out_dir)
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        values, outputs = _write_measurements(
+            tmp,
+            array,
+            spacing,
+            axis=axis,
+            image=None if grey is None else grey.array,
+            method=method,
+            meshes=meshes,
+            cell_mask=cell_mask,
+            extra={"voxel_size_source": source},
+        )
+    result = MorphometryResult(f"measured {values['count']} objects", out, values=values)
+    result.lines = _summary_lines(values)
+    result.outputs = {name: out / rel for name, rel in outputs.items()}
+    return result
+
+
+def _write_measurements(
+    folder: Path,
+    labels: np.ndarray,
+    voxel_size: tuple[float, float, float],
+    *,
+    axis: Sequence[float] | None,
+    image: np.ndarray | None,
+    method: str,
+    meshes: MeshFormat,
+    cell_mask: np.ndarray | None,
+    extra: dict[str, Any],
+    write_labels: bool = True,
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Measure and write into ``folder``; return summary.json's content and relative outputs."""
+    if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
+        raise SeglabError(
+            f"labels must hold integer instance labels, got dtype {labels.dtype}",
+            "pass a label volume (0 background, 1..N objects), e.g. from `morphometry split`",
+        )
+    if image is not None:
+        _same_shape(labels.shape, image.shape, "image")
+    if cell_mask is not None:
+        _same_shape(labels.shape, np.shape(cell_mask), "cell mask")
+    axis_info: dict[str, Any]
+    if axis is not None:
+        unit = np.asarray(axis, dtype=float).reshape(-1)
+        norm = float(np.linalg.norm(unit)) if unit.size == 3 else 0.0
+        if unit.size != 3 or not np.all(np.isfinite(unit)) or norm == 0:
+            raise SeglabError(
+                f"axis must be a non-zero (z, y, x) vector, got {axis!r}",
+                "pass e.g. --axis 0 0 1 for myofibrils along x",
+            )
+        axis_info = {"axis": [float(v) for v in unit / norm], "axis_source": "given"}
+    elif image is not None:
+        estimate = estimate_myofibril_axis(image, voxel_size)
+        axis_info = {
+            "axis": list(estimate.axis),
+            "axis_source": f"estimated: {estimate.method}, coherence {estimate.confidence:.3f}",
+            "axis_coherence": estimate.confidence,
+        }
+    else:
+        axis_info = {
+            "axis": list(DEFAULT_AXIS),
+            "axis_source": "default: along x (no axis given and no image to estimate it from)",
+        }
+    sarcomere: dict[str, Any] = {"sarcomere_length_um": None}
+    background = labels == 0
+    if image is not None and background.any():
+        found = estimate_sarcomere_length(image, voxel_size, axis_info["axis"], mask=background)
+        sarcomere = {
+            "sarcomere_length_um": found.length_um,
+            "sarcomere_source": f"estimated: {found.method}, outside the objects",
+            "sarcomere_peak_ratio": found.peak_ratio,
+        }
+    del background
+    measurements = measure_objects(labels, voxel_size, axis_info["axis"], method=method)
+    values = summarise(measurements, labels.shape, voxel_size, cell_mask)
+    values = {
+        **{k: values[k] for k in ("count", "count_interior", "mean_volume_um3")},
+        **values,
+        **axis_info,
+        **sarcomere,
+        "shape": [int(n) for n in labels.shape],
+        "fit_method": method,
+        **extra,
+    }
+    values = _finite_or_none(values)
+    outputs: dict[str, Path] = {}
+    write_csv(folder / "instances.csv", rows(measurements), MEASUREMENT_COLUMNS)
+    outputs["instances"] = Path("instances.csv")
+    write_json(folder / "summary.json", values)
+    outputs["summary"] = Path("summary.json")
+    if write_labels:
+        _write_labels(folder / "labels.tif", labels, voxel_size)
+        outputs["labels"] = Path("labels.tif")
+    _figures(folder / "figures", measurements)
+    outputs["figures"] = Path("figures")
+    if meshes != "none":
+        write_meshes(labels, voxel_size, folder / "meshes", meshes)
+        outputs["meshes"] = Path("meshes")
+    return values, outputs
+
+
+def _write_labels(path: Path, labels: np.ndarray, voxel_size: Sequence[float]) -> None:
+    """Labels TIFF: uint16 (ImageJ-readable) when the labels fit, else uint32."""
+    top = int(labels.max()) if labels.size else 0
+    if top <= np.iinfo(np.uint16).max and labels.dtype != np.uint16:
+        labels = labels.astype(np.uint16)
+    elif top > np.iinfo(np.uint16).max and labels.dtype != np.uint32:
+        labels = labels.astype(np.uint32)
+    write_image(path, labels, voxel_size, axes="ZYX")
+
+
+def _figures(folder: Path, measurements: Sequence[Any]) -> list[str]:
+    """Histograms of volume, eccentricity and orientation, and e vs orientation (interior)."""
+    plt = pyplot()
+    interior = [m for m in measurements if not m.touches_border]
+    fitted = [m for m in interior if m.fit_ok]
+    volumes = np.array([m.volume_um3 for m in interior])
+    ecc = np.array([m.eccentricity for m in fitted])
+    angles = np.array([m.orientation_deg for m in fitted])
+    note = f"{len(interior)} interior objects ({len(fitted)} with a valid fit)"
+    names = []
+    for name, data, bins, label in (
+        ("volume_histogram", volumes, 20, "volume (um^3)"),
+        ("eccentricity_histogram", ecc, np.linspace(0, 1, 11), "eccentricity"),
+        (
+            "orientation_histogram",
+            angles,
+            np.linspace(0, 90, 10),
+            "orientation to myofibrils (deg)",
+        ),
+    ):
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        if data.size:
+            ax.hist(data, bins=bins, color="tab:blue", edgecolor="white")
+        else:
+            ax.text(0.5, 0.5, "no objects", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel(label)
+        ax.set_ylabel("objects")
+        ax.set_title(note, fontsize=8)
+        save_figure(fig, folder / f"{name}.png")
+        names.append(name)
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    ax.scatter(angles, ecc, s=12, color="tab:blue")
+    ax.set_xlim(0, 90)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("orientation to myofibrils (deg)")
+    ax.set_ylabel("eccentricity")
+    ax.set_title(note, fontsize=8)
+    save_figure(fig, folder / "eccentricity_vs_orientation.png")
+    names.append("eccentricity_vs_orientation")
+    return names
+
+
+def _summary_lines(values: dict[str, Any]) -> list[str]:
+    def number(key: str, fmt: str, unit: str = "") -> str:
+        value = values.get(key)
+        return "n/a" if value is None else f"{value:{fmt}}{unit}"
+
+    axis = ", ".join(f"{v:.3f}" for v in values["axis"])
+    voxel = " x ".join(f"{v:g}" for v in values["voxel_size_um"])
+    lines = [
+        f"objects: {values['count']} ({values['count_interior']} interior)",
+        f"mean volume (interior): {number('mean_volume_um3', '.4f', ' um^3')}",
+        f"volume fraction: {100 * values['volume_fraction']:.2f} % of the imaged volume",
+        f"voxel size: {voxel} um (z y x), {values.get('voxel_size_source', 'given')}",
+        f"myofibril axis (z, y, x): ({axis}), {values['axis_source']}",
+        f"sarcomere length: {number('sarcomere_length_um', '.3f', ' um')}",
+    ]
+    if values.get("volume_fraction_of_cell") is not None:
+        lines.insert(
+            3, f"volume fraction of the cell: {100 * values['volume_fraction_of_cell']:.2f} %"
+        )
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Splitting
+# --------------------------------------------------------------------------------------------
+
+
+def _split_to_file(
+    object_map: np.ndarray,
+    contour_map: np.ndarray,
+    out_path: Path,
+    params: SplitParams,
+    voxel_size: Sequence[float] | None,
+) -> SplitResult:
+    """Split (chunked; into a memory-mapped file for large stacks) and write the labels TIFF."""
+    shape = tuple(object_map.shape)
+    with (
+        phase_progress() as report,
+        tempfile.TemporaryDirectory(prefix=".seglab-split-", dir=out_path.parent) as scratch,
+    ):
+        out = None
+        if int(np.prod(shape)) > MEMMAP_VOXELS:
+            out = np.lib.format.open_memmap(
+                Path(scratch) / "labels.npy", mode="w+", dtype=np.uint32, shape=shape
+            )
+        result = split_instances_chunked(
+            object_map, contour_map, params, slab=SPLIT_SLAB, out=out, progress=report
+        )
+        labels = result.labels
+        if result.count <= np.iinfo(np.uint16).max and out is None:
+            labels = labels.astype(np.uint16)
+        write_image(out_path, labels, voxel_size, axes="ZYX")
+        if out is not None:
+            out.flush()
+            del out, labels
+            result.labels = read_stack_memmap(out_path).array
+    return result
+
+
+def split_stack(
+    object_map: ArrayOrPath,
+    contour_map: ArrayOrPath,
+    out_path: str | os.PathLike[str],
+    params: SplitParams | None = None,
+    *,
+    voxel_size: Sequence[float] | None = None,
+    overwrite: bool = False,
+) -> MorphometryResult:
+    """Split object and contour probability maps into a labels TIFF (study B).
+
+    Parameters
+    ----------
+    object_map, contour_map : (Z, Y, X) ndarray or path
+        Probability maps (uint8 0..255 or float 0..1), or stack files holding them (TIFFs are
+        memory-mapped when uncompressed).
+    out_path : path-like
+        Labels TIFF to write (uint16, or uint32 above 65535 objects), with the voxel size.
+    params : SplitParams, optional
+        Thresholds, blur, seed level, minimum size and mode.
+    voxel_size : tuple of float, optional
+        ``(z, y, x)`` in um stored in the TIFF; defaults to the object map file's, if any.
+    overwrite : bool
+        Whether an existing ``out_path`` is replaced.
+
+    Returns
+    -------
+    MorphometryResult
+        Count, interior count and the output path (``values`` holds ``count``,
+        ``count_interior`` and the split parameters).
+    """
+    params = params if params is not None else SplitParams()
+    out = Path(out_path)
+    if out.exists() and not overwrite:
+        raise SeglabError(f"{out} already exists", "pass --overwrite to replace it")
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise SeglabError(
+            f"labels output must be a .tif file, got {out}", "name it e.g. labels.tif"
+        )
+    objects = _stack(object_map, "object map", memmap=True)
+    contours = _stack(contour_map, "contour map", memmap=True)
+    if voxel_size is not None:
+        spacing, source = _voxel_size(voxel_size, None, "the object map")
+    elif objects.spacing is not None:
+        spacing, source = _voxel_size(None, objects, "the object map")
+    else:
+        spacing, source = None, "unknown"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = _split_to_file(objects.array, contours.array, out, params, spacing)
+    interior = int(np.count_nonzero(~result.touches_border))
+    values = {
+        "count": result.count,
+        "count_interior": interior,
+        "split": {k: getattr(params, k) for k in params.__dataclass_fields__},
+        "voxel_size_um": None if spacing is None else list(spacing),
+    }
+    summary = MorphometryResult(f"split {result.count} objects", out, values=values)
+    summary.lines = [
+        f"objects: {result.count} ({interior} not touching the border)",
+        "parameters: " + ", ".join(f"{k} {v}" for k, v in values["split"].items()),
+        f"voxel size: {'unknown' if spacing is None else ' x '.join(f'{v:g}' for v in spacing)}"
+        f" ({source})",
+    ]
+    summary.outputs = {"labels": out}
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# With a registered model
+# --------------------------------------------------------------------------------------------
+
+
+def _model_maps(model: Any, stack: np.ndarray, tta: str) -> tuple[np.ndarray, np.ndarray]:
+    """Object and contour probability maps, uint8 0..255, of a binary mito model."""
+    settings = model.settings
+    if settings is None or settings.kind != "binary" or "contour" not in settings.class_names:
+        kind = None if settings is None else settings.kind
+        names = None if settings is None else settings.class_names
+        raise SeglabError(
+            f"morphometry needs a binary mitochondria model with a 'contour' class, got a "
+            f"{kind} model with classes {names}",
+            "pass a model trained with `seglab train mito`",
+        )
+    if settings.in_channels != 1:
+        raise SeglabError(
+            f"the model takes {settings.in_channels}-channel images, not SEM stacks",
+            "pass a model trained with `seglab train mito`",
+        )
+    probabilities = model.probabilities(stack, stack=True, tta=tta)  # (Z, K, H, W)
+    contour_index = settings.class_names.index("contour")
+    object_map = probability_to_uint8(model.object_probability(probabilities, class_axis=1))
+    contour_map = probability_to_uint8(probabilities[:, contour_index])
+    return object_map, contour_map
+
+
+def run_morphometry(
+    store: Any,
+    model_uri: str,
+    stack_path: str | os.PathLike[str],
+    voxel_size: Sequence[float] | None,
+    out_dir: str | os.PathLike[str],
+    *,
+    axis: Sequence[float] | None = None,
+    split_params: SplitParams | None = None,
+    tta: str = "off",
+    method: str = "moments",
+    meshes: MeshFormat = "ply",
+    overwrite: bool = False,
+) -> MorphometryResult:
+    """Segment a stack with a registered model, split, measure, write and log a run.
+
+    Parameters
+    ----------
+    store : TrackingStore
+        Where the model is registered and the run is logged.
+    model_uri : str
+        ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``models:/NAME`` of a binary
+        mitochondria model (classes background, interior, contour).
+    stack_path : path-like
+        The SEM stack, a single-channel ``(Z, Y, X)`` file.
+    voxel_size : tuple of float or None
+        ``(z, y, x)`` in um; None reads it from the stack file.
+    out_dir : path-like
+        New folder: :func:`measure_stack`'s outputs plus ``object.tif`` and ``contour.tif``
+        (uint8 0..255 probability maps).
+    axis : tuple of float, optional
+        ``(z, y, x)`` myofibril direction; estimated from the stack when omitted.
+    split_params : SplitParams, optional
+    tta : {"off", "flips", "all"}
+    method : {"moments", "published"}
+    meshes : {"ply", "obj", "stl", "none"}
+    overwrite : bool
+
+    Returns
+    -------
+    MorphometryResult
+        As :func:`measure_stack`, with ``run_id`` of the MLflow run (experiment
+        ``morphometry``: parameters, metrics linked to the model, tags ``seglab.model`` and
+        ``seglab.model_id``, the model as run input, instances.csv, summary.json and figures as
+        artifacts).
+    """
+    from mlflow.entities import LoggedModelInput, Metric
+
+    from seglab.models.registry import load_model, model_id_of
+    from seglab.tracking.runs import tracked_run
+
+    params_split = split_params if split_params is not None else SplitParams()
+    if meshes not in ("ply", "obj", "stl", "none"):
+        raise SeglabError(f"unknown mesh format {meshes!r}", "use ply, obj, stl or none")
+    stack = _stack(stack_path, "stack")
+    spacing, source = _voxel_size(voxel_size, stack, "the stack")
+    if axis is not None:
+        axis = [float(v) for v in axis]
+    out = Path(out_dir)
+    model, version = load_model(store, model_uri)
+    name, number = version.name, str(version.version)
+    model_id = model_id_of(version)
+    params = {
+        "model_uri": model_uri,
+        "model": f"{name}/{number}",
+        "stack": str(stack_path),
+        "voxel_size_um": list(spacing),
+        "voxel_size_source": source,
+        "axis": "estimate" if axis is None else axis,
+        "split": {k: getattr(params_split, k) for k in params_split.__dataclass_fields__},
+        "tta": tta,
+        "fit_method": method,
+    }
+    tags = {"seglab.model": f"{name}/{number}", "seglab.model_id": model_id or ""}
+    with tracked_run(
+        store, MORPHOMETRY_EXPERIMENT, f"morph-{name}", params=params, tags=tags
+    ) as run:
+        if model_id:
+            run.client.log_inputs(run.run_id, models=[LoggedModelInput(model_id)])
+        grey = np.asarray(stack.array)
+        object_map, contour_map = _model_maps(model, grey, tta)
+        with atomic_directory(out, overwrite=overwrite) as tmp:
+            write_image(tmp / "object.tif", object_map, spacing, axes="ZYX")
+            write_image(tmp / "contour.tif", contour_map, spacing, axes="ZYX")
+            split = _split_to_file(
+                object_map, contour_map, tmp / "labels.tif", params_split, spacing
+            )
+            del object_map, contour_map
+            values, outputs = _write_measurements(
+                tmp,
+                np.asarray(split.labels),
+                spacing,
+                axis=axis,
+                image=grey,
+                method=method,
+                meshes=meshes,
+                cell_mask=None,
+                extra={
+                    "voxel_size_source": source,
+                    "model": f"{name}/{number}",
+                    "model_uri": model_uri,
+                    "stack": str(stack_path),
+                    "split": params["split"],
+                    "run_id": run.run_id,
+                },
+                write_labels=False,
+            )
+        outputs = {
+            "object map": Path("object.tif"),
+            "contour map": Path("contour.tif"),
+            "labels": Path("labels.tif"),
+            **outputs,
+        }
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(values[key]), now, 0, model_id=model_id, run_id=run.run_id)
+            for key in (
+                "count",
+                "count_interior",
+                "mean_volume_um3",
+                "volume_fraction",
+                "sarcomere_length_um",
+            )
+            if values.get(key) is not None
+        ]
+        run.client.log_batch(run.run_id, metrics=metrics)
+        for rel in ("instances.csv", "summary.json"):
+            run.client.log_artifact(run.run_id, str(out / rel), "morphometry")
+        run.client.log_artifacts(run.run_id, str(out / "figures"), "morphometry/figures")
+    result = MorphometryResult(
+        f"{name} version {number} on {Path(stack_path).name}: {values['count']} objects",
+        out,
+        values=values,
+        run_id=run.run_id,
+    )
+    result.lines = _summary_lines(values)
+    result.outputs = {key: out / rel for key, rel in outputs.items()}
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Comparing stacks
+# --------------------------------------------------------------------------------------------
+
+
+def _nan_for_none(summary: dict[str, Any]) -> dict[str, Any]:
+    """Undo :func:`_finite_or_none` for the numbers of Table 3 (no interior object: NaN)."""
+    return {
+        key: math.nan if value is None and key != "volume_fraction_of_cell" else value
+        for key, value in summary.items()
+    }
+
+
+def compare_summaries(
+    paths: Sequence[str | os.PathLike[str]],
+    out_csv: str | os.PathLike[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Lay morphometry summaries side by side as study B's Table 3.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        Morphometry folders (holding ``summary.json``) or ``summary.json`` files. Each stack is
+        named by its folder.
+    out_csv : path-like, optional
+        CSV to write with the columns :data:`seglab.morphometry.TABLE3_COLUMNS`.
+
+    Returns
+    -------
+    list of dict
+        One row per stack (:func:`seglab.morphometry.compare_stacks`).
+    """
+    if not paths:
+        raise SeglabError("no morphometry folders to compare", "pass one or more output folders")
+    summaries: dict[str, dict[str, Any]] = {}
+    for given in paths:
+        path = Path(given)
+        file = path / "summary.json" if path.is_dir() else path
+        if not file.is_file():
+            raise DataFileError(
+                f"{file} does not exist", "pass folders written by `seglab morphometry`"
+            )
+        try:
+            summary = json.loads(file.read_text())
+        except (OSError, ValueError) as err:
+            raise DataFileError(
+                f"{file} is not readable JSON ({err})", "re-run the morphometry"
+            ) from err
+        if not isinstance(summary, dict):
+            raise DataFileError(f"{file} is not a morphometry summary", "re-run the morphometry")
+        name = file.parent.name or str(file.parent)
+        if name in summaries:
+            name = str(file.parent)
+        summaries[name] = _nan_for_none(summary)
+    table = compare_stacks(summaries)
+    if out_csv is not None:
+        write_csv(out_csv, table, TABLE3_COLUMNS)
+    return table
