@@ -56,6 +56,19 @@ def test_train_register_promote_evaluate_segment_rollback(tmp_path, capsys, writ
         assert "total_dice" in out
 
     tracking = resolve_store(store)
+    # each seglab train landed a complete run: params, per-epoch metrics, input, artifacts, model
+    client = tracking.client()
+    training = client.get_run(resolve_version(tracking, "models:/lung-cli/1").run_id)
+    assert training.info.status == "FINISHED" and training.data.params["loss_name"] == "mse"
+    assert training.data.params["network_options.channels"] == "[4, 8]"
+    history = client.get_metric_history(training.info.run_id, "val_class_dice_artery")
+    assert [m.step for m in history] == [1, 2]
+    (dataset_input,) = training.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "train" and dataset_input.dataset.digest
+    artifacts = {f.path for f in client.list_artifacts(training.info.run_id, "evaluation")}
+    assert "evaluation/report.md" in artifacts
+    model_id = training.data.tags["seglab.model_id"]
+    assert [m.model_id for m in training.outputs.model_outputs] == [model_id]
     values = {}
     for version in ("1", "2"):
         recorded = evaluations_of(resolve_version(tracking, f"models:/lung-cli/{version}"))
