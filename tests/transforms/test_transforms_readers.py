@@ -106,3 +106,10 @@ def test_errors(tmp_path) -> None:
     c = write_image(tmp_path / "c.tif", grey_stack((6, 9)), spacing=(0.1, 0.1))
     with pytest.raises(DataFileError, match="same pixel size"):
         reader.get_data(reader.read([a, c]))
+
+
+def test_the_reader_hands_monai_a_writable_array(tmp_path) -> None:
+    path = write_image(tmp_path / "rgb.png", np.zeros((8, 6, 3), np.uint8))
+    assert not read_image(path).array.flags.writeable  # seglab's reader protects its result
+    array, _ = TiffReader().get_data(TiffReader().read(path))
+    assert array.flags.writeable

@@ -117,7 +117,9 @@ class TiffReader(ImageReader):
         first = images[0]
         meta = _meta(first)
         if len(images) == 1:
-            return first.array, meta
+            # MONAI's transforms may write in place and torch warns on read-only arrays
+            array = first.array
+            return (array if array.flags.writeable else array.copy()), meta
         for other in images[1:]:
             if other.shape != first.shape or other.axes != first.axes:
                 raise DataFileError(
