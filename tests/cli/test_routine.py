@@ -155,14 +155,17 @@ def test_a_bundle_from_outside_the_repository_needs_trust(tmp_path, capsys, writ
     assert code == 2 and "pass --trust" in err
 
 
-def test_an_error_inside_the_training_engine_is_one_line(tmp_path, capsys, write_lung_dataset):
+def test_an_error_inside_the_training_engine_is_one_line(tmp_path, write_lung_dataset):
     """MONAI wraps errors raised by handlers; seglab train shows the seglab error inside."""
     train = write_lung_dataset(tmp_path / "train", range(2))
-    code, _, err = run(
-        capsys, "train", "lung", "--data", str(train), "--store", str(tmp_path / "mlruns"),
-        "--output", str(tmp_path / "m"), *TINY, "--set", "epochs=1",
-        "--set", "publisher#weights=/nonexistent/model.pt",
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    result = subprocess.run(
+        [sys.executable, "-m", "seglab.cli.app", "train", "lung", "--data", str(train),
+         "--store", str(tmp_path / "mlruns"), "--output", str(tmp_path / "m"), *TINY,
+         "--set", "epochs=1", "--set", "publisher#weights=/nonexistent/model.pt"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
     )  # fmt: skip
-    last = err.strip().splitlines()[-1]
-    assert code == 2 and last.startswith("seglab: error: no checkpoint at /nonexistent/model.pt")
-    assert "Traceback" not in err
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2
+    assert last.startswith("seglab: error: no checkpoint at /nonexistent/model.pt")
+    assert "Traceback" not in result.stderr
