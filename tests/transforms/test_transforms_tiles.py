@@ -239,3 +239,10 @@ def test_missing_keys_allowed_when_asked() -> None:
     samples = t({"image": rgb((16, 16))})
     assert [sorted(s) for s in samples] == [["image"], ["image"]]
     assert t({"other": 1}) == [{"other": 1}, {"other": 1}]
+
+
+def test_random_tiles_are_writable_arrays_for_torch() -> None:
+    image = np.arange(2 * 40 * 40, dtype=np.float32).reshape(2, 40, 40)
+    t = RandTilePatchesd(keys="image", tile_size=16, num_samples=3).set_random_state(0)
+    for sample in t({"image": image}):
+        assert sample["image"].flags.writeable

@@ -50,6 +50,8 @@ def same_kind(result: np.ndarray | torch.Tensor, like: ArrayLike) -> ArrayLike:
     """
     if isinstance(result, np.ndarray):
         result = np.ascontiguousarray(result)
+        if not result.flags.writeable:  # e.g. a tile of a read-only strided view
+            result = result.copy()
     if isinstance(like, np.ndarray):
         return convert_to_numpy(result)
     dtype = result.dtype
