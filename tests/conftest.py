@@ -25,3 +25,40 @@ def _write_lung_dataset(root: Path, seeds: range, size: int = 256) -> Path:
 def write_lung_dataset():
     """Return ``write(root, seeds, size=256) -> root`` that writes a lung phantom dataset."""
     return _write_lung_dataset
+
+
+TINY_UNET = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
+
+
+def _register_tiny_mito_model(store, tmp_path, name="mito-tiny"):
+    """Log and register an untrained 3-class mito UNet (as tests/models/conftest.py does)."""
+    import torch
+
+    from seglab.models.publish import log_model, register_model
+    from seglab.models.pyfunc import MemberSettings, ModelSettings
+    from seglab.networks.factory import build_network
+    from seglab.tracking.runs import tracked_run
+
+    torch.manual_seed(0)
+    network = build_network("unet", 1, 3, {"unet": TINY_UNET})
+    weights = tmp_path / "w.pt"
+    torch.save(network.state_dict(), weights)
+    settings = ModelSettings(
+        bundle="mito",
+        kind="binary",
+        class_names=["background", "interior", "contour"],
+        in_channels=1,
+        members=[MemberSettings("unet", TINY_UNET, 1)],
+        foreground_classes=[1, 2],
+        tiling_preset="no-overlap",
+        tile_batch_size=4,
+    )
+    with tracked_run(store, "mito", "mito-tiny") as run:
+        logged = log_model(run, settings, [weights])
+    return register_model(store, name, logged)
+
+
+@pytest.fixture(scope="session")
+def register_tiny_mito_model():
+    """Return ``register(store, tmp_path, name="mito-tiny") -> ModelVersion`` (untrained)."""
+    return _register_tiny_mito_model

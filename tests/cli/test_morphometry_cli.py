@@ -127,37 +127,7 @@ def test_bad_input_is_a_one_line_error(dataset, tmp_path, capsys, args, message)
     assert not out.exists()
 
 
-TINY = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
-
-
-def register_tiny_mito_model(store, tmp_path, name):
-    """Log and register an untrained 3-class mito UNet (as tests/models/conftest.py does)."""
-    import torch
-
-    from seglab.models.publish import log_model, register_model
-    from seglab.models.pyfunc import MemberSettings, ModelSettings
-    from seglab.networks.factory import build_network
-    from seglab.tracking.runs import tracked_run
-
-    torch.manual_seed(0)
-    weights = tmp_path / "w.pt"
-    torch.save(build_network("unet", 1, 3, {"unet": TINY}).state_dict(), weights)
-    settings = ModelSettings(
-        bundle="mito",
-        kind="binary",
-        class_names=["background", "interior", "contour"],
-        in_channels=1,
-        members=[MemberSettings("unet", TINY, 1)],
-        foreground_classes=[1, 2],
-        tiling_preset="no-overlap",
-        tile_batch_size=4,
-    )
-    with tracked_run(store, "mito", "mito-tiny") as run:
-        logged = log_model(run, settings, [weights])
-    return register_model(store, name, logged)
-
-
-def test_run_with_a_registered_model(tmp_path, capsys):
+def test_run_with_a_registered_model(tmp_path, capsys, register_tiny_mito_model):
     from seglab.phantoms.sem import make_sem_phantom
     from seglab.tracking.store import resolve_store
 

@@ -256,38 +256,7 @@ def test_compare_rejects_missing_or_no_folders(tmp_path):
 
 
 # -- run with a registered model -----------------------------------------------------------------
-TINY = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
-
-
-def register_tiny_mito_model(store, tmp_path, name="mito-tiny"):
-    """Log and register an untrained 3-class mito UNet (as tests/models/conftest.py does)."""
-    import torch
-
-    from seglab.models.publish import log_model, register_model
-    from seglab.models.pyfunc import MemberSettings, ModelSettings
-    from seglab.networks.factory import build_network
-    from seglab.tracking.runs import tracked_run
-
-    torch.manual_seed(0)
-    network = build_network("unet", 1, 3, {"unet": TINY})
-    weights = tmp_path / "w.pt"
-    torch.save(network.state_dict(), weights)
-    settings = ModelSettings(
-        bundle="mito",
-        kind="binary",
-        class_names=["background", "interior", "contour"],
-        in_channels=1,
-        members=[MemberSettings("unet", TINY, 1)],
-        foreground_classes=[1, 2],
-        tiling_preset="no-overlap",
-        tile_batch_size=4,
-    )
-    with tracked_run(store, "mito", "mito-tiny") as run:
-        logged = log_model(run, settings, [weights])
-    return register_model(store, name, logged)
-
-
-def test_run_segments_splits_measures_and_logs(tmp_path, monkeypatch):
+def test_run_segments_splits_measures_and_logs(tmp_path, monkeypatch, register_tiny_mito_model):
     from seglab.models.registry import model_id_of, resolve_version
     from seglab.tracking.store import resolve_store
 
