@@ -1,13 +1,11 @@
-"""AdjacentSliceInferer, SliceEnsemble and StackWriter (the mito bundle's stack pieces)."""
+"""AdjacentSliceInferer and SliceEnsemble (the mito bundle's stack pieces)."""
 
-import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
 
-from seglab.bundle.stacks import AdjacentSliceInferer, SliceEnsemble, StackWriter
+from seglab.bundle.stacks import AdjacentSliceInferer, SliceEnsemble
 from seglab.errors import SeglabError
-from seglab.io.images import read_image
 from seglab.transforms import AdjacentSlices
 
 
@@ -52,16 +50,3 @@ def test_ensemble_averages_member_probabilities():
         torch.testing.assert_close(torch.softmax(ensemble(x), 1), expected)
     with pytest.raises(SeglabError, match="one slice count per network"):
         SliceEnsemble(members, [1, 3])
-
-
-def test_writer_keeps_the_stack_and_spacing(tmp_path):
-    writer = StackWriter()
-    writer.set_data_array(torch.tensor([[[[0.0, 2.0]], [[1.0, 255.0]]]]))  # (1, 2, 1, 2)
-    writer.set_metadata({"spacing": np.array([0.1, 0.04, 0.04])})
-    writer.write(tmp_path / "s.tif")
-    image = read_image(tmp_path / "s.tif")
-    np.testing.assert_array_equal(image.array, [[[0, 2]], [[1, 255]]])
-    assert image.array.dtype == np.uint8
-    np.testing.assert_allclose(image.spacing, (0.1, 0.04, 0.04))
-    with pytest.raises(SeglabError, match="0..255"):
-        writer.set_data_array(np.full((1, 2, 2), 300.0))

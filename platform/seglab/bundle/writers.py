@@ -1,9 +1,10 @@
 """A MONAI ``ImageWriter`` that saves label maps with seglab's writer (PNG or TIFF, no transpose).
 
 MONAI's ``PILWriter`` swaps the first two axes (MONAI's x/y convention), and it writes TIFF only
-through ITK. seglab arrays are ``(Y, X)`` as displayed, so predictions are written with
-:func:`seglab.io.images.write_image`: ``SaveImaged(keys="pred", writer=LabelMapWriter,
-output_ext=".png", output_dtype="uint8", resample=False)``.
+through ITK. seglab arrays are ``(Y, X)`` or ``(Z, Y, X)`` as displayed, so predictions are
+written with :func:`seglab.io.images.write_image`: ``SaveImaged(keys="pred",
+writer=LabelMapWriter, output_ext=".png", output_dtype="uint8", resample=False)`` for 2D maps,
+``output_ext=".tif"`` for stacks (with the voxel size TiffReader recorded).
 """
 
 from __future__ import annotations
@@ -22,18 +23,20 @@ __all__ = ["LabelMapWriter"]
 
 
 class LabelMapWriter(ImageWriter):
-    """Write ``(1, H, W)`` (or ``(H, W)``) class-index maps as uint8 PNG or TIFF files.
+    """Write a ``(1, Z, H, W)``, ``(Z, H, W)``, ``(1, H, W)`` or ``(H, W)`` map as uint8 PNG/TIFF.
 
     Notes
     -----
-    Values must be class indices in 0..255; they are written as they are (no scaling, no
-    resampling, no axis swap). The file format follows the name (``.png``, ``.tif``).
+    Values must lie in 0..255 (class indices, or probabilities scaled to 0..255); they are
+    written as they are (no resampling, no axis swap), with the voxel size of the meta data's
+    ``"spacing"`` (as :class:`seglab.transforms.TiffReader` records it) when it is known.
     """
 
     output_dtype = np.uint8
 
     def __init__(self, output_dtype: Any = np.uint8, **kwargs: Any) -> None:
         super().__init__(output_dtype=output_dtype, **kwargs)
+        self.spacing: tuple[float, ...] | None = None
 
     def set_data_array(
         self,
@@ -42,26 +45,35 @@ class LabelMapWriter(ImageWriter):
         squeeze_end_dims: bool = True,
         **kwargs: Any,
     ) -> None:
-        """Keep the label map as an ``(H, W)`` array (a single channel is dropped)."""
+        """Keep the map as ``(Z, H, W)`` or ``(H, W)`` (a single channel is dropped)."""
         array = np.asarray(convert_to_numpy(data_array))
-        if array.ndim == 3 and channel_dim is not None and array.shape[channel_dim] == 1:
+        if array.ndim in (3, 4) and channel_dim is not None and array.shape[channel_dim] == 1:
             array = np.squeeze(array, axis=channel_dim)
-        if array.ndim != 2:
+        if array.ndim not in (2, 3):
             raise SeglabError(
-                f"LabelMapWriter writes one 2D label map, got shape {array.shape}",
-                "take the argmax over classes first (AsDiscreted(argmax=True))",
+                f"LabelMapWriter writes one 2D map or stack, got shape {array.shape}",
+                "write one channel at a time",
             )
         if array.size and (array.min() < 0 or array.max() > 255):
             raise SeglabError(
-                f"label values must be 0..255, got {array.min()}..{array.max()}",
-                "write class indices, not scores",
+                f"map values must be 0..255, got {array.min()}..{array.max()}",
+                "write class indices or probabilities scaled to 0..255",
             )
-        self.data_obj = array.astype(np.uint8)
+        self.data_obj = np.rint(array).astype(np.uint8)
 
     def set_metadata(self, meta_dict: Any = None, resample: bool = False, **options: Any) -> None:
-        """Ignore the meta data: the map is written on its own pixel grid."""
+        """Take the voxel size (um) from the meta data when it is known."""
+        spacing = None if meta_dict is None else meta_dict.get("spacing")
+        self.spacing = None
+        if spacing is not None:
+            values = np.asarray(convert_to_numpy(spacing), dtype=np.float64).ravel()
+            if values.size and np.all(np.isfinite(values)):
+                self.spacing = tuple(float(v) for v in values)
 
     def write(self, filename: str | os.PathLike[str], verbose: bool = False, **kwargs: Any) -> None:
-        """Write the label map to ``filename`` (atomically, via seglab's writer)."""
+        """Write the map to ``filename`` (atomically, via seglab's writer)."""
         super().write(filename, verbose=verbose)
-        write_image(filename, self.data_obj)
+        spacing = self.spacing
+        if spacing is not None and len(spacing) != self.data_obj.ndim:
+            spacing = None
+        write_image(filename, self.data_obj, spacing)
