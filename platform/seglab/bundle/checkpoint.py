@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from seglab.errors import SeglabError
+from seglab.flags import as_bool
 from seglab.io.atomic import atomic_file
 
 __all__ = ["CHECKPOINT_FORMAT", "EpochCheckpoint", "EpochSeeder", "ResumeFromCheckpoint"]
@@ -172,7 +173,7 @@ class ResumeFromCheckpoint:
         _check_objects(load_dict, "load_dict", "load_state_dict")
         self.path = Path(path)
         self.load_dict = dict(load_dict)
-        self.enabled = _as_bool(enabled, "enabled")
+        self.enabled = as_bool(enabled, "enabled")
 
     def attach(self, engine: Any) -> None:
         """Register :meth:`started` on the trainer's ``STARTED``."""
@@ -263,12 +264,3 @@ def _check_objects(objects: Any, name: str, method: str) -> None:
                 f"{name}[{key!r}] has no {method}() method, got {type(obj).__name__}",
                 "pass models, optimizers, lr schedulers or other objects with state dicts",
             )
-
-
-def _as_bool(value: bool | str, name: str) -> bool:
-    """Return ``value`` as a bool; accept the words ``true``/``false`` a command line passes."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise SeglabError(f"{name} must be true or false, got {value!r}", f"pass {name}=true or false")

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from seglab.flags import as_bool
 from seglab.tracking.runs import RunHandle, close_run, log_dataset, open_run
 from seglab.tracking.store import resolve_store
 
@@ -85,7 +86,7 @@ class RunLogger:
         self.tracking_uri = tracking_uri
         self.evaluator = evaluator
         self.dataset_dir = dataset_dir
-        self.enabled = as_bool(enabled)
+        self.enabled = as_bool(enabled, "enabled")
         self.class_names = list(class_names) if class_names is not None else None
         self.configs_dir = configs_dir
         self.finishers = list(finishers or [])
@@ -186,20 +187,6 @@ class RunLogger:
             close_run(self.handle, error)
             self.handle = None
         raise error
-
-
-def as_bool(value: Any) -> bool:
-    """Read a flag that may come from the command line as a string (``--x false``)."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("true", "1", "yes", "on"):
-            return True
-        if text in ("false", "0", "no", "off", ""):
-            return False
-        from seglab.errors import SeglabError
-
-        raise SeglabError(f"expected true or false, got {value!r}", "pass true or false")
-    return bool(value)
 
 
 def _loss_of(output: Any) -> float | None:
