@@ -613,6 +613,8 @@ def _split(
     if out is not None:
         for start in range(0, shape[0], slab):
             labels[start : start + slab] = 0
+            if progress is not None:  # lets a caller release the memmap's written pages
+                progress("clearing labels", min(shape[0], start + slab) / shape[0])
     # Components that cannot hold an object of min_size voxels are skipped at once.
     todo = np.flatnonzero(components.sizes >= max(1, params.min_size))
     first_slice = components.boxes[todo, 0]

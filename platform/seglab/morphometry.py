@@ -34,9 +34,10 @@ xy plane: the fitted lines are then nearly flat and the method reports z. Such f
 from __future__ import annotations
 
 import math
+import shutil
 import struct
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +58,8 @@ __all__ = [
     "estimate_myofibril_axis",
     "estimate_sarcomere_length",
     "measure_objects",
+    "measure_objects_chunked",
+    "MeshWriter",
     "object_mesh",
     "rows",
     "summarise",
@@ -65,6 +68,10 @@ __all__ = [
 ]
 
 FitMethod = Literal["moments", "published"]
+#: ``progress(phase, fraction)``: called with a phase name and its completed fraction 0..1.
+ProgressCallback = Callable[[str, float], None]
+#: ``on_surface(label, vertices, faces)``: receives each object's closed surface mesh.
+SurfaceCallback = Callable[[int, np.ndarray, np.ndarray], None]
 
 #: Column names of :func:`rows`, in order.
 MEASUREMENT_COLUMNS: tuple[str, ...] = (
@@ -106,10 +113,32 @@ PUBLISHED_MIN_ELEVATION_DEG = 10.0
 #: The principal axis counts as defined when ``l1 >= PRINCIPAL_AXIS_MIN_RATIO * l2``.
 PRINCIPAL_AXIS_MIN_RATIO = 1.2
 
-#: Gaussian blur (voxels, each axis) of a binary mask before marching cubes. Chosen on voxelised
-#: prolate spheroids (a/b = 2-3, b = 0.25-0.5 um, voxels 0.04 um and 0.1 x 0.04 x 0.04 um, any
-#: orientation): area errors -2.3..+3.3 % with 0.7, against +6..+16 % without blur.
-SURFACE_SMOOTHING_VOXELS = 0.7
+#: Gaussian blur (um) of the slice-normalised stack before the myofibril phase is selected for
+#: the sarcomere profile: wide enough to fade the thin Z-discs (half-width 0.04-0.06 um), narrow
+#: enough to keep mitochondria (semi-axes about 0.45 um) dark.
+MYOFIBRIL_PHASE_SMOOTHING_UM = 0.1
+#: Half-width of the myofibril phase in robust standard deviations of the main histogram peak.
+#: 2.5 and 3.0 gave the same sarcomere lengths on the phantoms without extracellular space;
+#: with extracellular space 3.0 let some in (2.86 instead of 1.96 um, true 2.0).
+MYOFIBRIL_PHASE_WIDTH = 2.5
+#: Slices blurred at a time while the myofibril phase is selected (bounds the memory).
+_PHASE_SLAB = 32
+#: Smoothed, slice-normalised values are binned in ``[-_PHASE_RANGE, _PHASE_RANGE]`` (sd units)
+#: into ``_PHASE_BINS`` bins (0.004 sd wide; the myofibril peak is about 0.2-0.3 sd wide).
+_PHASE_RANGE = 8.0
+_PHASE_BINS = 4096
+
+#: Gaussian blur of a binary mask before marching cubes, in units of the *coarsest* voxel edge
+#: (the same physical sigma on every axis, so ``0.7 * max(voxel_size) / voxel_size`` voxels per
+#: axis); the surface is then moved along its normals so that it encloses the voxel volume (the
+#: blur shrinks convex objects). Chosen on voxelised prolate spheroids (a, b = 0.9, 0.45 / 0.5,
+#: 0.25 / 1.2, 0.3 / 0.3, 0.3 um; five orientations; voxels 0.04 um, 0.1 x 0.04 x 0.04 um and
+#: the study's 0.0701 x 0.01397 x 0.01397 um): area errors -2.4..+4.6 % (the largest for a
+#: sphere of radius 0.3 um, only 6 slices thick), -0.6..+1.6 % for a = 0.9, b = 0.45 um. A blur
+#: of 0.7 voxels per axis was within -2..+3 % for isotropic voxels but +8 % at the study's
+#: voxels (z 5 times coarser), where the z staircase survives; 0.5 edges: up to +5 %, 1.0 edges:
+#: up to +6 %.
+SURFACE_SMOOTHING_COARSEST_VOXELS = 0.7
 
 _MESH_FORMATS = (".ply", ".obj", ".stl")
 
@@ -133,8 +162,9 @@ class ObjectMeasurement:
         ``voxel_count`` times the voxel volume.
     surface_um2 : float
         Area of the marching-cubes surface (level 0.5 of the binary mask blurred by
-        :data:`SURFACE_SMOOTHING_VOXELS`, padded so that the surface is closed even where the
-        object is cut by the stack border, whose cut face is then counted).
+        :data:`SURFACE_SMOOTHING_COARSEST_VOXELS`, moved along its normals to enclose the voxel
+        volume; padded so that the surface is closed even where the object is cut by the stack
+        border, whose cut face is then counted).
     centroid_um : tuple of float
         ``(z, y, x)`` mean of the voxel centres.
     bbox : tuple of int
@@ -250,6 +280,9 @@ class SarcomereEstimate:
         Extent of the profile (the stack seen along the axis).
     search_range_um : tuple of float
         Periods considered.
+    voxel_fraction : float
+        Share of the stack's voxels that made the profile (the given mask or the automatic
+        myofibril phase; 1.0 when all voxels were used).
     """
 
     length_um: float
@@ -258,6 +291,7 @@ class SarcomereEstimate:
     profile_step_um: float
     profile_length_um: float
     search_range_um: tuple[float, float]
+    voxel_fraction: float = 1.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,16 +415,160 @@ def measure_objects(
     method = _check_method(method)
     if array.size == 0 or not array.any():
         return []
+    return _measure_boxes(array, ndimage.find_objects(array), spacing, unit_axis, method, None)
+
+
+def measure_objects_chunked(
+    labels: np.ndarray,
+    voxel_size: Sequence[float],
+    axis: Sequence[float] = (0.0, 0.0, 1.0),
+    method: FitMethod = "moments",
+    *,
+    slab: int = 64,
+    progress: ProgressCallback | None = None,
+    on_surface: SurfaceCallback | None = None,
+) -> list[ObjectMeasurement]:
+    """Measure every labelled object slab by slab; identical to :func:`measure_objects`.
+
+    Parameters
+    ----------
+    labels : (Z, Y, X) ndarray of int
+        Instance labels, 0 for background; may be a ``np.memmap`` (e.g. from
+        :func:`seglab.io.images.read_stack_memmap`), which is never read whole into memory.
+    voxel_size, axis, method
+        As in :func:`measure_objects`.
+    slab : int
+        Slices read at a time while the objects are located (>= 1).
+    progress : callable, optional
+        Called as ``progress(phase, fraction)`` for the phases ``"locating objects"`` (once per
+        slab) and ``"measuring objects"``.
+    on_surface : callable, optional
+        Called as ``on_surface(label, vertices, faces)`` with each object's closed surface (the
+        mesh its area is measured on, as :func:`object_mesh` returns it), e.g. a
+        :meth:`MeshWriter.add`, so that meshes are written without meshing twice.
+
+    Returns
+    -------
+    list of ObjectMeasurement
+        Exactly what :func:`measure_objects` returns for the same labels (the same floats).
+
+    Raises
+    ------
+    SeglabError
+        As :func:`measure_objects`, and for a bad ``slab``.
+
+    Notes
+    -----
+    Pass 1 runs ``scipy.ndimage.find_objects`` on each slab and merges the boxes of objects
+    that span slab boundaries, giving the whole-volume boxes. Pass 2 cuts each object's box
+    out of ``labels`` and measures it with the code of :func:`measure_objects`;
+    ``touches_border`` is taken against the faces of the whole volume. Memory: one slab (plus
+    a ``find_objects`` list as long as the largest label) and one box at a time.
+    """
+    array = _check_label_stack(labels)
+    spacing = _check_voxel_size(voxel_size)
+    unit_axis = _check_axis(axis)
+    method = _check_method(method)
+    if isinstance(slab, bool) or not isinstance(slab, int | np.integer) or slab < 1:
+        raise SeglabError(f"slab must be an integer >= 1, got {slab!r}", "pass e.g. slab=64")
+    boxes = _object_boxes(array, int(slab), progress)
+    if not any(box is not None for box in boxes):
+        return []
+    return _measure_boxes(array, boxes, spacing, unit_axis, method, progress, on_surface)
+
+
+def _check_label_stack(labels: Any) -> np.ndarray:
+    """Check a label volume without converting it (a memmap stays a memmap)."""
+    array = labels if isinstance(labels, np.ndarray) else np.asarray(labels)
+    if array.ndim != 3:
+        raise SeglabError(
+            f"labels must be a 3D (Z, Y, X) array, got {array.ndim} dimension(s) "
+            f"with shape {array.shape}",
+            "pass one label volume; add a z axis of length 1 for a single image",
+        )
+    if array.dtype != bool and not np.issubdtype(array.dtype, np.integer):
+        raise SeglabError(
+            f"labels must hold integers, got dtype {array.dtype}",
+            "pass an instance label volume (0 background, 1..N objects)",
+        )
+    return array
+
+
+def _object_boxes(
+    array: np.ndarray, slab: int, progress: ProgressCallback | None = None
+) -> list[tuple[slice, slice, slice] | None]:
+    """``scipy.ndimage.find_objects(array)`` computed slab by slab (boxes merged across slabs)."""
+    depth = array.shape[0]
+    starts = np.zeros((0, 3), dtype=np.int64)
+    stops = np.zeros((0, 3), dtype=np.int64)
+    for z0 in range(0, depth, slab):
+        part = np.asarray(array[z0 : z0 + slab])
+        if part.dtype == bool:
+            part = part.view(np.uint8)
+        elif np.issubdtype(part.dtype, np.signedinteger) and part.size and part.min() < 0:
+            raise SeglabError(
+                f"labels must not be negative, got a minimum of {int(part.min())}",
+                "use 0 for background and positive values for objects",
+            )
+        found = ndimage.find_objects(part) if part.size else []
+        del part
+        if len(found) > len(starts):
+            grow = len(found) - len(starts)
+            starts = np.concatenate([starts, np.full((grow, 3), np.iinfo(np.int64).max)])
+            stops = np.concatenate([stops, np.full((grow, 3), -1, dtype=np.int64)])
+        present = [i for i, box in enumerate(found) if box is not None]
+        if present:
+            local = np.array(
+                [[s.start for s in found[i]] + [s.stop for s in found[i]] for i in present],
+                dtype=np.int64,
+            )
+            local[:, [0, 3]] += z0
+            index = np.asarray(present)
+            starts[index] = np.minimum(starts[index], local[:, :3])
+            stops[index] = np.maximum(stops[index], local[:, 3:])
+        if progress is not None:
+            progress("locating objects", min(depth, z0 + slab) / depth)
+    return [
+        None
+        if stop[0] < 0
+        else tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
+        for start, stop in zip(starts, stops, strict=True)
+    ]
+
+
+def _measure_boxes(
+    array: np.ndarray,
+    boxes: Sequence[tuple[slice, ...] | None],
+    spacing: np.ndarray,
+    unit_axis: np.ndarray,
+    method: str,
+    progress: ProgressCallback | None,
+    on_surface: SurfaceCallback | None = None,
+) -> list[ObjectMeasurement]:
+    """Measure the object of each box (index ``i`` holds label ``i + 1``) from its crop."""
     voxel_volume = float(np.prod(spacing))
+    total = sum(box is not None for box in boxes)
     results = []
-    for index, box in enumerate(ndimage.find_objects(array)):
+    for index, box in enumerate(boxes):
         if box is None:
             continue
         label = index + 1
-        mask = array[box] == label
+        mask = np.asarray(array[box]) == label
         results.append(
-            _measure_one(label, mask, box, array.shape, spacing, voxel_volume, unit_axis, method)
+            _measure_one(
+                label,
+                mask,
+                box,
+                array.shape,
+                spacing,
+                voxel_volume,
+                unit_axis,
+                method,
+                on_surface,
+            )
         )
+        if progress is not None:
+            progress("measuring objects", len(results) / total)
     return results
 
 
@@ -408,6 +586,7 @@ def _measure_one(
     voxel_volume: float,
     unit_axis: np.ndarray,
     method: str,
+    on_surface: SurfaceCallback | None = None,
 ) -> ObjectMeasurement:
     start = np.array([s.start for s in box])
     stop = np.array([s.stop for s in box])
@@ -423,6 +602,8 @@ def _measure_one(
     eigenvectors = eigenvectors[:, ::-1]
     semi_axes = np.sqrt(5.0 * eigenvalues)
     vertices, faces = _mask_mesh(mask, start, spacing)
+    if on_surface is not None:
+        on_surface(label, vertices, faces)
     surface = float(measure.mesh_surface_area(vertices, faces)) if len(faces) else 0.0
 
     nan3 = (math.nan, math.nan, math.nan)
@@ -484,22 +665,64 @@ def _sign_fixed(vector: np.ndarray) -> np.ndarray:
 def _mask_mesh(
     mask: np.ndarray, start: np.ndarray, spacing: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Marching cubes of a padded, lightly smoothed box mask; vertices ``(z, y, x)`` stack um.
+    """Smooth closed surface of a box mask; vertices ``(z, y, x)`` stack um, outward faces.
 
-    The binary mask is blurred with a Gaussian of :data:`SURFACE_SMOOTHING_VOXELS` voxels along
-    each axis and cut at 0.5: on raw binary masks marching cubes follows the voxel staircase and
-    overestimates the area of smooth objects by 6-16 % (more with coarse z).
+    On raw binary masks marching cubes follows the voxel staircase and overestimates the area
+    of smooth objects by 6-16 % (more with coarse z). The padded mask is blurred with a Gaussian
+    of ``SURFACE_SMOOTHING_COARSEST_VOXELS * max(spacing)`` um on every axis (the z terraces of
+    anisotropic voxels are as wide as a z step, so the in-plane blur must be as wide too) and cut
+    at 0.5. The blur moves the surface of convex parts inwards (by about sigma^2 times the mean
+    curvature), so the vertices are then offset along the vertex normals by
+    ``(voxel volume - mesh volume) / mesh area``, which restores the enclosed volume to first
+    order (measured within 0.1 % for spheroids of 0.9 x 0.45 um, 1.1 % for 0.5 x 0.25 um at
+    0.1 um z). Objects too thin to keep half their volume through the blur fall back to the
+    binary mask.
     """
-    pad = 1 + math.ceil(3.0 * SURFACE_SMOOTHING_VOXELS)
-    padded = np.pad(mask, pad).astype(np.float32)
-    smoothed = ndimage.gaussian_filter(padded, SURFACE_SMOOTHING_VOXELS, mode="constant")
-    if smoothed.max() <= 0.5:  # too thin to survive the blur: fall back to the binary mask
-        smoothed = padded
-    vertices, faces, _, _ = measure.marching_cubes(smoothed, level=0.5, spacing=tuple(spacing))
+    sigma = SURFACE_SMOOTHING_COARSEST_VOXELS * float(spacing.max()) / spacing
+    pad = 1 + np.ceil(3.0 * sigma).astype(int)
+    padded = np.pad(mask, [(int(p), int(p)) for p in pad]).astype(np.float32)
+    target = float(np.count_nonzero(mask)) * float(np.prod(spacing))
+    smoothed = ndimage.gaussian_filter(padded, sigma, mode="constant", truncate=3.0)
+    surface = None
+    if smoothed.max() > 0.5:
+        vertices, faces = _marching_cubes(smoothed, spacing)
+        volume, area, normals = _closed_mesh_geometry(vertices, faces)
+        if volume >= 0.5 * target and area > 0:
+            vertices += ((target - volume) / area) * normals
+            surface = vertices, faces
+    if surface is None:  # too thin to survive the blur: the binary mask's staircase surface
+        surface = _marching_cubes(padded, spacing)
+    vertices, faces = surface
     vertices += (start - pad + 0.5) * spacing
+    return vertices, faces
+
+
+def _marching_cubes(values: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Level-0.5 surface in box um ``(z, y, x)``, triangles wound with outward normals."""
+    vertices, faces, _, _ = measure.marching_cubes(values, level=0.5, spacing=tuple(spacing))
     # skimage winds the triangles clockwise seen from outside in (z, y, x); reverse them so
     # that the right-hand normals point out of the object (positive signed volume).
-    return vertices, np.ascontiguousarray(faces[:, ::-1])
+    return vertices.astype(np.float64), np.ascontiguousarray(faces[:, ::-1])
+
+
+def _closed_mesh_geometry(
+    vertices: np.ndarray, faces: np.ndarray
+) -> tuple[float, float, np.ndarray]:
+    """Enclosed volume, area and area-weighted unit vertex normals of a closed outward mesh."""
+    corners = vertices[faces]
+    doubled = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    volume = float(np.einsum("ij,ij->", corners[:, 0], doubled)) / 6.0
+    area = float(np.linalg.norm(doubled, axis=1).sum()) / 2.0
+    normals = np.stack(
+        [
+            np.bincount(faces.ravel(), np.repeat(doubled[:, k], 3), minlength=len(vertices))
+            for k in range(3)
+        ],
+        axis=1,
+    )
+    lengths = np.linalg.norm(normals, axis=1, keepdims=True)
+    normals = np.divide(normals, lengths, out=np.zeros_like(normals), where=lengths > 0)
+    return volume, area, normals
 
 
 def _angle_deg(u: np.ndarray, v: np.ndarray) -> float:
@@ -792,33 +1015,65 @@ def estimate_sarcomere_length(
     search_range_um : tuple of float
         Plausible periods in um.
     mask : (Z, Y, X) ndarray of bool, optional
-        Voxels to use (e.g. the cell without mitochondria; recommended, see
-        :func:`estimate_myofibril_axis`).
+        Voxels to use (e.g. the cell without mitochondria). Without it the myofibril phase is
+        selected from the image (Notes).
 
     Returns
     -------
     SarcomereEstimate
-        The period and how clear it was; ``length_um`` is NaN when the profile is shorter than
-        the smallest period or the autocorrelation has no peak in the range.
+        The period and how clear it was; ``method`` says which voxels made the profile;
+        ``length_um`` is NaN when the profile is shorter than the smallest period or the
+        autocorrelation has no peak in the range.
 
     Notes
     -----
-    Slices are normalised (mean 0, sd 1); every voxel is projected onto the axis and its
-    intensity averaged in bins of half the smallest voxel edge, giving the mean profile along
-    the myofibrils. The period is the highest autocorrelation maximum at lags within the
+    Slices are normalised (mean 0, sd 1); every selected voxel is projected onto the axis and
+    its intensity averaged in bins of half the smallest voxel edge, giving the mean profile
+    along the myofibrils. The period is the highest autocorrelation maximum at lags within the
     search range (autocorrelation with the unbiased ``1 / (n - lag)`` normalisation), refined
     to sub-bin precision by a parabola through the peak and its neighbours.
+
+    Mitochondria are darker than myofibrils and about as long as a sarcomere, so on all voxels
+    they dominate the profile (2.95 and 3.30 um instead of 2.0 on two phantoms). Without a
+    ``mask`` only the *myofibril phase* is used: the normalised stack is blurred by
+    :data:`MYOFIBRIL_PHASE_SMOOTHING_UM` (Z-discs fade, mitochondria stay dark), the main
+    peak of its histogram (the myofibrils, the largest phase) and its spread ``s`` (from the
+    median distance of the values above the peak, ``s = median / 0.6745``) are found, and the
+    voxels within :data:`MYOFIBRIL_PHASE_WIDTH` ``* s`` of the peak are kept (this drops the
+    mitochondria and both dark and bright extracellular space). If that keeps under 5 % of
+    the voxels, all are used. The unblurred values of the kept voxels make the profile.
+    Measured along the true axis on five phantoms without extracellular space (default,
+    cells A and B, seeds 0-4, tilted axes, voxels 0.0701-0.12 um in z): 1.984-2.046 um for
+    2.0 um; on two with extracellular space 1.96 and 1.99 um.
     """
     array = _check_image(image)
     spacing = _check_voxel_size(voxel_size)
     direction = _check_axis(axis)
     low, high = _check_range(search_range_um)
-    sampler = _ProfileSampler(_normalised_slices(array), spacing, _check_mask(mask, array.shape))
+    selected = _check_mask(mask, array.shape)
+    if selected is not None:
+        voxels = "voxels of the given mask"
+    else:
+        selected = _myofibril_phase(array, spacing)
+        voxels = (
+            "all voxels (no distinct myofibril phase found)"
+            if selected is None
+            else (
+                f"myofibril phase (blur {MYOFIBRIL_PHASE_SMOOTHING_UM:g} um, main histogram "
+                f"peak +- {MYOFIBRIL_PHASE_WIDTH:g} robust sd)"
+            )
+        )
+    fraction = 1.0 if selected is None else float(np.count_nonzero(selected)) / selected.size
+    sampler = _ProfileSampler(_normalised_slices(array), spacing, selected)
+    del selected
     means, _ = sampler.profile(direction)
     step = sampler.step
     length = len(means) * step
-    method = "autocorrelation of the mean intensity profile along the axis, parabolic peak"
-    failed = SarcomereEstimate(math.nan, method, math.nan, step, length, (low, high))
+    method = (
+        "autocorrelation of the mean intensity profile along the axis, parabolic peak; "
+        f"{voxels}, {100.0 * fraction:.0f} % of the stack"
+    )
+    failed = SarcomereEstimate(math.nan, method, math.nan, step, length, (low, high), fraction)
     if len(means) < 4 or length < 1.5 * low:
         return failed
     centred = means - means.mean()
@@ -854,7 +1109,42 @@ def estimate_sarcomere_length(
         profile_step_um=step,
         profile_length_um=length,
         search_range_um=(low, high),
+        voxel_fraction=fraction,
     )
+
+
+def _myofibril_phase(image: np.ndarray, spacing: np.ndarray) -> np.ndarray | None:
+    """Voxels near the main peak of the blurred, slice-normalised stack (None: none found).
+
+    The stack is blurred in slabs of :data:`_PHASE_SLAB` slices (with a halo of 4 sigma), so
+    the temporary memory is one slab of float32 plus two bytes per voxel for the binned values.
+    """
+    sigma = MYOFIBRIL_PHASE_SMOOTHING_UM / spacing
+    halo = int(math.ceil(4.0 * sigma[0]))
+    depth = image.shape[0]
+    scale = _PHASE_BINS / (2.0 * _PHASE_RANGE)
+    codes = np.empty(image.shape, dtype=np.uint16)
+    for z0 in range(0, depth, _PHASE_SLAB):
+        z1 = min(depth, z0 + _PHASE_SLAB)
+        lo, hi = max(0, z0 - halo), min(depth, z1 + halo)
+        smoothed = ndimage.gaussian_filter(_normalised_slices(image[lo:hi]), sigma)
+        part = (smoothed[z0 - lo : z1 - lo] + np.float32(_PHASE_RANGE)) * np.float32(scale)
+        codes[z0:z1] = np.clip(part, 0, _PHASE_BINS - 1).astype(np.uint16)
+    counts = np.bincount(codes.ravel(), minlength=_PHASE_BINS).astype(float)
+    counts[[0, _PHASE_BINS - 1]] = 0.0  # clipped values
+    # Smooth the histogram by 0.03 sd before taking its peak.
+    peak = int(np.argmax(ndimage.gaussian_filter1d(counts, 0.03 * scale)))
+    above = counts[peak + 1 :]
+    if above.sum() <= 0:
+        return None
+    median_offset = int(np.searchsorted(np.cumsum(above), 0.5 * above.sum())) + 1.5
+    half_width = MYOFIBRIL_PHASE_WIDTH * median_offset / 0.6745
+    low = max(0, int(math.floor(peak - half_width)))
+    high = min(_PHASE_BINS - 1, int(math.ceil(peak + half_width)))
+    selected = (codes >= low) & (codes <= high)
+    if np.count_nonzero(selected) < 0.05 * selected.size:
+        return None
+    return selected
 
 
 # --------------------------------------------------------------------------------------------
@@ -1101,39 +1391,52 @@ def write_mesh(
     return target
 
 
-def _write_ply(path: Path, xyz: np.ndarray, tris: np.ndarray, text: bool) -> None:
-    header = (
+def _ply_header(vertex_count: int, face_count: int, text: bool) -> bytes:
+    return (
         "ply\n"
         f"format {'ascii' if text else 'binary_little_endian'} 1.0\n"
         "comment seglab morphometry mesh, units um\n"
-        f"element vertex {len(xyz)}\n"
+        f"element vertex {vertex_count}\n"
         "property float x\nproperty float y\nproperty float z\n"
-        f"element face {len(tris)}\n"
+        f"element face {face_count}\n"
         "property list uchar int vertex_indices\n"
         "end_header\n"
-    )
+    ).encode("ascii")
+
+
+def _ply_faces(tris: np.ndarray) -> bytes:
+    records = np.empty(len(tris), dtype=[("n", "u1"), ("v", "<i4", (3,))])
+    records["n"] = 3
+    records["v"] = tris
+    return records.tobytes()
+
+
+def _write_ply(path: Path, xyz: np.ndarray, tris: np.ndarray, text: bool) -> None:
     with open(path, "wb") as stream:
-        stream.write(header.encode("ascii"))
+        stream.write(_ply_header(len(xyz), len(tris), text))
         if text:
             body = [f"{x:.6g} {y:.6g} {z:.6g}" for x, y, z in xyz]
             body += [f"3 {a} {b} {c}" for a, b, c in tris]
             stream.write(("\n".join(body) + ("\n" if body else "")).encode("ascii"))
             return
         stream.write(xyz.astype("<f4").tobytes())
-        records = np.empty(len(tris), dtype=[("n", "u1"), ("v", "<i4", (3,))])
-        records["n"] = 3
-        records["v"] = tris
-        stream.write(records.tobytes())
+        stream.write(_ply_faces(tris))
+
+
+_OBJ_HEADER = "# seglab morphometry mesh, units um\n"
 
 
 def _write_obj(path: Path, xyz: np.ndarray, tris: np.ndarray) -> None:
     with open(path, "w", encoding="ascii") as stream:
-        stream.write("# seglab morphometry mesh, units um\n")
+        stream.write(_OBJ_HEADER)
         np.savetxt(stream, xyz, fmt="v %.6g %.6g %.6g")
         np.savetxt(stream, tris + 1, fmt="f %d %d %d")
 
 
-def _write_stl(path: Path, xyz: np.ndarray, tris: np.ndarray) -> None:
+_STL_HEADER = b"seglab morphometry mesh, units um".ljust(80, b" ")
+
+
+def _stl_records(xyz: np.ndarray, tris: np.ndarray) -> bytes:
     corners = xyz[tris]  # (M, 3, 3)
     normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
     lengths = np.linalg.norm(normals, axis=1, keepdims=True)
@@ -1143,27 +1446,140 @@ def _write_stl(path: Path, xyz: np.ndarray, tris: np.ndarray) -> None:
     )
     records["normal"] = normals
     records["corners"] = corners
+    return records.tobytes()
+
+
+def _write_stl(path: Path, xyz: np.ndarray, tris: np.ndarray) -> None:
     with open(path, "wb") as stream:
-        stream.write(b"seglab morphometry mesh, units um".ljust(80, b" "))
+        stream.write(_STL_HEADER)
         stream.write(struct.pack("<I", len(tris)))
-        stream.write(records.tobytes())
+        stream.write(_stl_records(xyz, tris))
 
 
-@dataclass
-class _MeshParts:
-    vertices: list[np.ndarray] = field(default_factory=list)
-    faces: list[np.ndarray] = field(default_factory=list)
-    offset: int = 0
+class _MeshStream:
+    """A mesh file (binary PLY, OBJ or STL) written object by object, never held whole.
+
+    Vertices and faces go to two temporary part files next to the target; :meth:`close`
+    writes the header (whose counts are only known at the end) and appends the parts. The
+    bytes equal those :func:`write_mesh` writes for the concatenated mesh.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.suffix = path.suffix.lower()
+        self.vertex_count = 0
+        self.face_count = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._parts = [path.with_name(f".{path.name}.{part}.part") for part in ("v", "f")]
+        mode = "w" if self.suffix == ".obj" else "wb"
+        encoding = "ascii" if mode == "w" else None
+        self._files = [open(part, mode, encoding=encoding) for part in self._parts]
 
     def add(self, vertices: np.ndarray, faces: np.ndarray) -> None:
-        self.vertices.append(vertices)
-        self.faces.append(faces + self.offset)
-        self.offset += len(vertices)
+        """Append one closed surface (``(z, y, x)`` um vertices, faces indexing them)."""
+        xyz, tris = _oriented(vertices, faces)
+        vertex_part, face_part = self._files
+        if self.suffix == ".ply":
+            vertex_part.write(xyz.astype("<f4").tobytes())
+            face_part.write(_ply_faces(tris + self.vertex_count))
+        elif self.suffix == ".obj":
+            np.savetxt(vertex_part, xyz, fmt="v %.6g %.6g %.6g")
+            np.savetxt(face_part, tris + self.vertex_count + 1, fmt="f %d %d %d")
+        else:  # STL triangles carry their corners, not vertex indices
+            face_part.write(_stl_records(xyz, tris))
+        self.vertex_count += len(xyz)
+        self.face_count += len(tris)
 
-    def joined(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self.vertices:
-            return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
-        return np.concatenate(self.vertices), np.concatenate(self.faces)
+    def close(self) -> Path:
+        """Write the file atomically and remove the parts."""
+        for part in self._files:
+            part.close()
+        try:
+            with atomic_file(self.path) as tmp, open(tmp, "wb") as stream:
+                if self.suffix == ".ply":
+                    stream.write(_ply_header(self.vertex_count, self.face_count, False))
+                elif self.suffix == ".obj":
+                    stream.write(_OBJ_HEADER.encode("ascii"))
+                else:
+                    stream.write(_STL_HEADER)
+                    stream.write(struct.pack("<I", self.face_count))
+                for part in self._parts:
+                    with open(part, "rb") as source:
+                        shutil.copyfileobj(source, stream, 16 * 2**20)
+        finally:
+            for part in self._parts:
+                part.unlink(missing_ok=True)
+        return self.path
+
+    def discard(self) -> None:
+        """Close and remove the parts without writing the file."""
+        for part in self._files:
+            part.close()
+        for part in self._parts:
+            part.unlink(missing_ok=True)
+
+
+class MeshWriter:
+    """Write object meshes one by one, plus the whole model streamed into one file.
+
+    Parameters
+    ----------
+    folder : path-like
+        Output folder (created when missing).
+    format : {"ply", "obj", "stl"}
+        File format (binary PLY and STL, text OBJ); coordinates ``(x, y, z)`` in um.
+    largest_label : int
+        The largest label that may come; object files are called ``object_<label>.<format>``
+        with the label zero-padded to its width.
+    model_name : str
+        Stem of the whole-model file ``<model_name>.<format>``.
+
+    Notes
+    -----
+    Use as a context manager (or call :meth:`close`): on success the model file is written and
+    :attr:`written` holds ``{"objects": {label: Path}, "model": Path}``; on an error the partial
+    model is discarded. Memory: one object's mesh at a time.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        format: Literal["ply", "obj", "stl"] = "ply",  # noqa: A002 - the user-facing option name
+        *,
+        largest_label: int = 0,
+        model_name: str = "model",
+    ) -> None:
+        if format not in ("ply", "obj", "stl"):
+            raise SeglabError(f"unknown mesh format {format!r}", "use 'ply', 'obj' or 'stl'")
+        self.folder = Path(folder)
+        self.format = format
+        self.width = max(1, len(str(int(largest_label))))
+        self.objects: dict[int, Path] = {}
+        self.written: dict[str, Any] = {}
+        self._model = _MeshStream(self.folder / f"{model_name}.{format}")
+
+    def add(self, label: int, vertices: np.ndarray, faces: np.ndarray) -> None:
+        """Write ``object_<label>`` and append the mesh (``(z, y, x)`` um) to the model."""
+        name = f"object_{int(label):0{self.width}d}.{self.format}"
+        self.objects[int(label)] = write_mesh(self.folder / name, vertices, faces)
+        self._model.add(vertices, faces)
+
+    def close(self) -> dict[str, Any]:
+        """Write the model file; return ``{"objects": {label: Path}, "model": Path}``."""
+        if not self.written:
+            self.written = {"objects": self.objects, "model": self._model.close()}
+        return self.written
+
+    def __enter__(self) -> MeshWriter:
+        """Return the writer."""
+        return self
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        """Write the model on success, discard it on an error."""
+        if kind is None:
+            self.close()
+        else:
+            self._model.discard()
 
 
 def write_meshes(
@@ -1173,13 +1589,15 @@ def write_meshes(
     format: Literal["ply", "obj", "stl"] = "ply",  # noqa: A002 - the user-facing option name
     *,
     model_name: str = "model",
+    slab: int = 64,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Write one mesh file per object and one for the whole model.
 
     Parameters
     ----------
     labels : (Z, Y, X) ndarray of int
-        Instance labels.
+        Instance labels; may be a ``np.memmap``, read one slab or one object box at a time.
     voxel_size : tuple of float
         ``(z, y, x)`` in um.
     folder : path-like
@@ -1189,29 +1607,41 @@ def write_meshes(
         File format (binary PLY and STL, text OBJ); coordinates ``(x, y, z)`` in um.
     model_name : str
         Stem of the whole-model file.
+    slab : int
+        Slices read at a time while the objects are located (>= 1).
+    progress : callable, optional
+        Called as ``progress(phase, fraction)`` for ``"locating objects"`` and
+        ``"writing meshes"``.
 
     Returns
     -------
     dict
         ``{"objects": {label: Path}, "model": Path}``.
+
+    Notes
+    -----
+    Each object is meshed on its own bounding box (:func:`object_mesh`'s surface); the
+    whole-model file is the concatenation of the object meshes, streamed to disk object by
+    object (:class:`MeshWriter`), so memory stays at one object's mesh whatever their number.
     """
-    array = _check_labels(labels)
+    array = _check_label_stack(labels)
     spacing = _check_voxel_size(voxel_size)
     if format not in ("ply", "obj", "stl"):
         raise SeglabError(f"unknown mesh format {format!r}", "use 'ply', 'obj' or 'stl'")
-    out = Path(folder)
-    boxes = ndimage.find_objects(array) if array.any() else []
-    width = max(1, len(str(len(boxes))))
-    written: dict[int, Path] = {}
-    model = _MeshParts()
-    for index, box in enumerate(boxes):
-        if box is None:
-            continue
-        label = index + 1
-        start = np.array([s.start for s in box])
-        vertices, faces = _mask_mesh(array[box] == label, start, spacing)
-        written[label] = write_mesh(out / f"object_{label:0{width}d}.{format}", vertices, faces)
-        model.add(vertices, faces)
-    vertices, faces = model.joined()
-    whole = write_mesh(out / f"{model_name}.{format}", vertices, faces)
-    return {"objects": written, "model": whole}
+    if isinstance(slab, bool) or not isinstance(slab, int | np.integer) or slab < 1:
+        raise SeglabError(f"slab must be an integer >= 1, got {slab!r}", "pass e.g. slab=64")
+    boxes = _object_boxes(array, int(slab), progress) if array.size else []
+    if not any(box is not None for box in boxes):
+        boxes = []
+    total = sum(box is not None for box in boxes)
+    with MeshWriter(folder, format, largest_label=len(boxes), model_name=model_name) as writer:
+        for index, box in enumerate(boxes):
+            if box is None:
+                continue
+            label = index + 1
+            start = np.array([s.start for s in box])
+            vertices, faces = _mask_mesh(np.asarray(array[box]) == label, start, spacing)
+            writer.add(label, vertices, faces)
+            if progress is not None:
+                progress("writing meshes", len(writer.objects) / total)
+    return writer.written

@@ -13,7 +13,12 @@ from seglab.io.images import read_image, write_image
 from seglab.morphometry import MEASUREMENT_COLUMNS, TABLE3_COLUMNS
 from seglab.phantoms.sem import make_sem_phantom
 from seglab.workflows import morphometry as workflow
-from seglab.workflows.morphometry import compare_summaries, measure_stack, split_stack
+from seglab.workflows.morphometry import (
+    compare_summaries,
+    measure_stack,
+    postprocess_stack,
+    split_stack,
+)
 
 REQUIRED_COLUMNS = [
     "label", "volume_um3", "surface_um2", "centroid_z_um", "centroid_y_um", "centroid_x_um",
@@ -191,7 +196,7 @@ def test_split_into_a_memory_map_equals_the_in_memory_split(phantom, tmp_path, m
     )
     expected = split_instances(object_map, contour_map, params)
     written = read_image(tmp_path / "l.tif")
-    assert written.array.dtype == np.uint32
+    assert written.array.dtype == np.uint16  # the count fits: uint16, converted slab by slab
     assert written.spacing == pytest.approx(phantom.voxel_size)
     np.testing.assert_array_equal(written.array, expected.labels)
     assert result.values["count"] == expected.count
@@ -224,6 +229,83 @@ def test_split_refuses_to_replace_without_overwrite(tmp_path):
     with pytest.raises(SeglabError, match="already exists"):
         split_stack(zeros, zeros, tmp_path / "l.tif")
     split_stack(zeros, zeros, tmp_path / "l.tif", overwrite=True)
+
+
+# -- postprocess (maps on disk -> morphometry folder, bounded memory) --------------------------
+@pytest.mark.parametrize(("memmap_voxels", "slab"), [(1000, 5), (1000, 1), (10**9, 64)])
+def test_postprocess_memmapped_maps_equals_split_then_measure_in_memory(
+    phantom, tmp_path, monkeypatch, memmap_voxels, slab
+):
+    object_map, contour_map = ideal_maps(phantom)
+    voxel = phantom.voxel_size
+    write_image(tmp_path / "object.tif", object_map, voxel, axes="ZYX")
+    write_image(tmp_path / "contour.tif", contour_map, voxel, axes="ZYX")
+    params = SplitParams(min_size=20)
+    # The whole-volume path: split and measure arrays held in memory.
+    expected = split_instances(object_map, contour_map, params)
+    measure_stack(expected.labels, voxel, tmp_path / "whole", axis=(0, 0, 1), meshes="stl")
+    # Slabs of 5 (or 1) slices cut most objects (about 9 slices thick); memmaps above 1000 voxels.
+    monkeypatch.setattr(workflow, "MEMMAP_VOXELS", memmap_voxels)
+    monkeypatch.setattr(workflow, "SPLIT_SLAB", slab)
+    phases = set()
+    result = postprocess_stack(
+        tmp_path / "object.tif",
+        tmp_path / "contour.tif",
+        None,
+        tmp_path / "chunked",
+        axis=(0, 0, 1),
+        params=params,
+        meshes="stl",
+        slab=slab,
+        progress=lambda phase, fraction: phases.add(phase),
+    )
+    whole, chunked = tmp_path / "whole", tmp_path / "chunked"
+    assert (chunked / "instances.csv").read_text() == (whole / "instances.csv").read_text()
+    summary = json.loads((chunked / "summary.json").read_text())
+    reference = json.loads((whole / "summary.json").read_text())
+    assert summary["split"]["min_size"] == 20
+    assert summary["voxel_size_source"] == "read from object.tif"
+    for key in set(reference) - {"voxel_size_source"}:
+        assert summary[key] == reference[key], key
+    labels = read_image(chunked / "labels.tif")
+    assert labels.array.dtype == np.uint16 and labels.spacing == pytest.approx(voxel)
+    np.testing.assert_array_equal(labels.array, expected.labels)
+    model = (chunked / "meshes" / "model.stl").read_bytes()
+    assert model == (whole / "meshes" / "model.stl").read_bytes()
+    assert result.values["count"] == expected.count == len(read_csv(chunked / "instances.csv"))
+    assert {"finding objects", "splitting", "locating objects", "measuring objects"} <= phases
+    assert set(result.timings_s) == {"splitting and labels.tif", "measuring and meshes"}
+    assert not [p for p in tmp_path.rglob(".*")]  # scratch files removed
+
+
+def test_postprocess_empty_maps(tmp_path):
+    zeros = np.zeros((3, 8, 8), np.uint8)
+    result = postprocess_stack(zeros, zeros, (1.0, 1.0, 1.0), tmp_path / "out", meshes="ply")
+    assert result.values["count"] == 0
+    assert read_csv(tmp_path / "out" / "instances.csv") == []
+    assert not read_image(tmp_path / "out" / "labels.tif").array.any()
+    assert (tmp_path / "out" / "meshes" / "model.ply").is_file()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"slab": 0}, "slab"),
+        ({"meshes": "vtk"}, "mesh format"),
+        ({"voxel_size": None}, "no voxel size"),
+        ({"contour_map": np.zeros((3, 8, 9), np.uint8)}, "differ in shape"),
+    ],
+)
+def test_postprocess_rejects_bad_input(tmp_path, kwargs, message):
+    arguments = {
+        "object_map": np.zeros((3, 8, 8), np.uint8),
+        "contour_map": np.zeros((3, 8, 8), np.uint8),
+        "voxel_size": (1.0, 1.0, 1.0),
+        "out_dir": tmp_path / "out",
+    } | kwargs
+    with pytest.raises(SeglabError, match=message):
+        postprocess_stack(**arguments)
+    assert not (tmp_path / "out").exists()
 
 
 # -- compare ------------------------------------------------------------------------------------

@@ -4,18 +4,29 @@
 ``labels.tif``, ``figures/`` and ``meshes/``; :func:`split_stack` turns object and contour
 probability maps into a labels TIFF; :func:`run_morphometry` does both with a registered model
 (segment, split, measure) and logs an MLflow run in experiment ``morphometry`` linked to the
-model version; :func:`compare_summaries` lays several ``summary.json`` side by side as study B's
-Table 3. Every output folder is written atomically.
+model version; :func:`postprocess_stack` goes from probability maps on disk to the whole
+morphometry folder with bounded memory; :func:`compare_summaries` lays several ``summary.json``
+side by side as study B's Table 3. Every output folder is written atomically.
+
+Memory. Label volumes and probability maps are read through memory maps one slab (or one object
+box) at a time: splitting is :func:`seglab.instances.split_instances_chunked` into a scratch
+memory map, measuring is :func:`seglab.morphometry.measure_objects_chunked` and meshes are
+streamed object by object. Pages of a memory map that were read stay mapped into the process
+(and count in its resident memory) until the map is closed, so the phases drop them after each
+slab (``madvise(MADV_DONTNEED)``: the data stay in the page cache and on disk). Study B's cell B
+(690 x 1024 x 1024) runs in well under 4 GiB this way (``benchmarks/RESULTS.md``, B3).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import mmap
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,13 +41,13 @@ from seglab.metrics import probability_to_uint8
 from seglab.morphometry import (
     MEASUREMENT_COLUMNS,
     TABLE3_COLUMNS,
+    MeshWriter,
     compare_stacks,
     estimate_myofibril_axis,
     estimate_sarcomere_length,
-    measure_objects,
+    measure_objects_chunked,
     rows,
     summarise,
-    write_meshes,
 )
 from seglab.workflows._outputs import (
     Summary,
@@ -52,6 +63,7 @@ __all__ = [
     "MorphometryResult",
     "compare_summaries",
     "measure_stack",
+    "postprocess_stack",
     "run_morphometry",
     "split_stack",
 ]
@@ -64,8 +76,10 @@ ArrayOrPath = np.ndarray | str | os.PathLike[str]
 DEFAULT_AXIS = (0.0, 0.0, 1.0)
 #: Label volumes above this many voxels are split into a memory-mapped file, not into RAM.
 MEMMAP_VOXELS = 64 * 1024 * 1024
-#: Slices per slab of the chunked splitting.
+#: Slices per slab of the chunked splitting and measuring.
 SPLIT_SLAB = 64
+
+ProgressCallback = Callable[[str, float], None]
 
 
 @dataclass
@@ -78,10 +92,13 @@ class MorphometryResult(Summary):
         The content of ``summary.json`` (empty for :func:`split_stack`, which has none).
     run_id : str
         MLflow run of :func:`run_morphometry` (empty otherwise).
+    timings_s : dict
+        Wall time of each phase in seconds (:func:`postprocess_stack` fills it).
     """
 
     values: dict[str, Any] = field(default_factory=dict)
     run_id: str = ""
+    timings_s: dict[str, float] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,6 +182,50 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
+def _drop_resident_pages(*arrays: np.ndarray) -> None:
+    """Unmap the pages of memory-mapped arrays that reading or writing made resident.
+
+    The data stay in the page cache and in the file (for a shared writable map the kernel keeps
+    the written pages), so later reads see the same values; only the process's resident memory
+    shrinks. Arrays that are not memory maps are left alone.
+    """
+    for array in arrays:
+        base: Any = array
+        while base is not None and not isinstance(getattr(base, "_mmap", None), mmap.mmap):
+            base = getattr(base, "base", None)
+        if base is None:
+            continue
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            base._mmap.madvise(mmap.MADV_DONTNEED)
+
+
+class _PageDropper:
+    """A ``progress(phase, fraction)`` callback that also drops mapped pages now and then."""
+
+    def __init__(self, report: ProgressCallback | None, *arrays: np.ndarray) -> None:
+        self.report = report
+        self.arrays = list(arrays)
+        self._last: tuple[str, float] = ("", 0.0)
+
+    def __call__(self, phase: str, fraction: float) -> None:
+        if self.report is not None:
+            self.report(phase, fraction)
+        last_phase, last_fraction = self._last
+        if phase != last_phase or fraction - last_fraction >= 0.02 or fraction >= 1.0:
+            _drop_resident_pages(*self.arrays)
+            self._last = (phase, fraction)
+
+
+@contextlib.contextmanager
+def _progress_or(progress: ProgressCallback | None) -> Iterator[ProgressCallback]:
+    """Yield the given callback, or one driving progress bars on stderr."""
+    if progress is not None:
+        yield progress
+        return
+    with phase_progress() as report:
+        yield report
+
+
 # --------------------------------------------------------------------------------------------
 # Measuring
 # --------------------------------------------------------------------------------------------
@@ -224,15 +285,15 @@ def measure_stack(
     """
     if meshes not in ("ply", "obj", "stl", "none"):
         raise SeglabError(f"unknown mesh format {meshes!r}", "use ply, obj, stl or none")
-    label_image = _stack(labels, "labels")
+    label_image = _stack(labels, "labels", memmap=True)
     grey = _stack(image, "image") if image is not None else None
     if voxel_size is None and label_image.spacing is None and grey is not None:
         spacing, source = _voxel_size(None, grey, "the image")
     else:
         spacing, source = _voxel_size(voxel_size, label_image, "the labels")
-    array = np.asarray(label_image.array)
+    array = label_image.array
     out = Path(out_dir)
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, overwrite=overwrite) as tmp, phase_progress() as report:
         values, outputs = _write_measurements(
             tmp,
             array,
@@ -243,6 +304,7 @@ def measure_stack(
             meshes=meshes,
             cell_mask=cell_mask,
             extra={"voxel_size_source": source},
+            progress=report,
         )
     result = MorphometryResult(f"measured {values['count']} objects", out, values=values)
     result.lines = _summary_lines(values)
@@ -262,8 +324,15 @@ def _write_measurements(
     cell_mask: np.ndarray | None,
     extra: dict[str, Any],
     write_labels: bool = True,
+    progress: ProgressCallback | None = None,
+    timings: dict[str, float] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
-    """Measure and write into ``folder``; return summary.json's content and relative outputs."""
+    """Measure and write into ``folder``; return summary.json's content and relative outputs.
+
+    ``labels`` may be a memory map: it is read one slab or one object box at a time.
+    """
+    timings = timings if timings is not None else {}
+    pages = _PageDropper(progress, labels)
     if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
         raise SeglabError(
             f"labels must hold integer instance labels, got dtype {labels.dtype}",
@@ -305,7 +374,29 @@ def _write_measurements(
             "sarcomere_peak_ratio": found.peak_ratio,
         }
     del background
-    measurements = measure_objects(labels, voxel_size, axis_info["axis"], method=method)
+    started = time.perf_counter()
+    outputs: dict[str, Path] = {}
+    if meshes == "none":
+        measurements = measure_objects_chunked(
+            labels, voxel_size, axis_info["axis"], method=method, slab=SPLIT_SLAB, progress=pages
+        )
+        timings["measuring"] = time.perf_counter() - started
+    else:
+        # One marching cubes per object: the surface measured is the mesh written.
+        with MeshWriter(
+            folder / "meshes", meshes, largest_label=_largest_label(labels)
+        ) as mesh_writer:
+            measurements = measure_objects_chunked(
+                labels,
+                voxel_size,
+                axis_info["axis"],
+                method=method,
+                slab=SPLIT_SLAB,
+                progress=pages,
+                on_surface=mesh_writer.add,
+            )
+        timings["measuring and meshes"] = time.perf_counter() - started
+        outputs["meshes"] = Path("meshes")
     values = summarise(measurements, labels.shape, voxel_size, cell_mask)
     values = {
         **{k: values[k] for k in ("count", "count_interior", "mean_volume_um3")},
@@ -317,30 +408,60 @@ def _write_measurements(
         **extra,
     }
     values = _finite_or_none(values)
-    outputs: dict[str, Path] = {}
     write_csv(folder / "instances.csv", rows(measurements), MEASUREMENT_COLUMNS)
     outputs["instances"] = Path("instances.csv")
     write_json(folder / "summary.json", values)
     outputs["summary"] = Path("summary.json")
     if write_labels:
+        started = time.perf_counter()
         _write_labels(folder / "labels.tif", labels, voxel_size)
+        timings["labels.tif"] = time.perf_counter() - started
         outputs["labels"] = Path("labels.tif")
     _figures(folder / "figures", measurements)
     outputs["figures"] = Path("figures")
-    if meshes != "none":
-        write_meshes(labels, voxel_size, folder / "meshes", meshes)
-        outputs["meshes"] = Path("meshes")
+    _drop_resident_pages(labels)
     return values, outputs
 
 
+def _label_dtype(top: int) -> np.dtype:
+    """uint16 (ImageJ-readable) when the labels fit, else uint32."""
+    return np.dtype(np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32)
+
+
+def _largest_label(labels: np.ndarray) -> int:
+    """Largest value of a label volume, read slab by slab (0 when empty)."""
+    top = 0
+    for start in range(0, labels.shape[0], SPLIT_SLAB):
+        part = labels[start : start + SPLIT_SLAB]
+        if part.size:
+            top = max(top, int(part.max()))
+        del part
+        _drop_resident_pages(labels)
+    return top
+
+
 def _write_labels(path: Path, labels: np.ndarray, voxel_size: Sequence[float]) -> None:
-    """Labels TIFF: uint16 (ImageJ-readable) when the labels fit, else uint32."""
-    top = int(labels.max()) if labels.size else 0
-    if top <= np.iinfo(np.uint16).max and labels.dtype != np.uint16:
-        labels = labels.astype(np.uint16)
-    elif top > np.iinfo(np.uint16).max and labels.dtype != np.uint32:
-        labels = labels.astype(np.uint32)
-    write_image(path, labels, voxel_size, axes="ZYX")
+    """Labels TIFF: uint16 (ImageJ-readable) when the labels fit, else uint32.
+
+    A large volume of another dtype is converted slab by slab into a scratch memory map next to
+    ``path``, never as a whole copy in memory.
+    """
+    dtype = _label_dtype(_largest_label(labels))
+    if labels.dtype == dtype:
+        write_image(path, labels, voxel_size, axes="ZYX")
+    elif labels.size <= MEMMAP_VOXELS:
+        write_image(path, labels.astype(dtype), voxel_size, axes="ZYX")
+    else:
+        with tempfile.TemporaryDirectory(prefix=".seglab-labels-", dir=path.parent) as scratch:
+            narrow = np.lib.format.open_memmap(
+                Path(scratch) / "labels.npy", mode="w+", dtype=dtype, shape=labels.shape
+            )
+            for start in range(0, labels.shape[0], SPLIT_SLAB):
+                narrow[start : start + SPLIT_SLAB] = labels[start : start + SPLIT_SLAB]
+                _drop_resident_pages(labels, narrow)
+            write_image(path, narrow, voxel_size, axes="ZYX")
+            del narrow
+    _drop_resident_pages(labels)
 
 
 def _figures(folder: Path, measurements: Sequence[Any]) -> list[str]:
@@ -418,29 +539,41 @@ def _split_to_file(
     out_path: Path,
     params: SplitParams,
     voxel_size: Sequence[float] | None,
+    *,
+    slab: int | None = None,
+    progress: ProgressCallback | None = None,
 ) -> SplitResult:
-    """Split (chunked; into a memory-mapped file for large stacks) and write the labels TIFF."""
+    """Split (chunked) and write the labels TIFF (uint16 when the count fits, else uint32).
+
+    Above :data:`MEMMAP_VOXELS` voxels the labels go into a scratch memory map next to
+    ``out_path`` and ``result.labels`` is a read-only memory map of the written TIFF.
+    """
     shape = tuple(object_map.shape)
+    slab = SPLIT_SLAB if slab is None else slab
     with (
-        phase_progress() as report,
+        _progress_or(progress) as report,
         tempfile.TemporaryDirectory(prefix=".seglab-split-", dir=out_path.parent) as scratch,
     ):
-        out = None
-        if int(np.prod(shape)) > MEMMAP_VOXELS:
-            out = np.lib.format.open_memmap(
-                Path(scratch) / "labels.npy", mode="w+", dtype=np.uint32, shape=shape
+        if int(np.prod(shape)) <= MEMMAP_VOXELS:
+            result = split_instances_chunked(
+                object_map, contour_map, params, slab=slab, progress=report
             )
-        result = split_instances_chunked(
-            object_map, contour_map, params, slab=SPLIT_SLAB, out=out, progress=report
+            result.labels = result.labels.astype(_label_dtype(result.count), copy=False)
+            write_image(out_path, result.labels, voxel_size, axes="ZYX")
+            return result
+        out = np.lib.format.open_memmap(
+            Path(scratch) / "labels.npy", mode="w+", dtype=np.uint32, shape=shape
         )
-        labels = result.labels
-        if result.count <= np.iinfo(np.uint16).max and out is None:
-            labels = labels.astype(np.uint16)
-        write_image(out_path, labels, voxel_size, axes="ZYX")
-        if out is not None:
-            out.flush()
-            del out, labels
-            result.labels = read_stack_memmap(out_path).array
+        pages = _PageDropper(report, object_map, contour_map, out)
+        result = split_instances_chunked(
+            object_map, contour_map, params, slab=slab, out=out, progress=pages
+        )
+        _drop_resident_pages(object_map, contour_map)
+        result.labels = np.zeros(0, dtype=np.uint32)
+        out.flush()
+        _write_labels(out_path, out, voxel_size)
+        del out, pages
+    result.labels = read_stack_memmap(out_path).array
     return result
 
 
@@ -509,6 +642,117 @@ def split_stack(
     ]
     summary.outputs = {"labels": out}
     return summary
+
+
+def postprocess_stack(
+    object_map: ArrayOrPath,
+    contour_map: ArrayOrPath,
+    voxel_size: Sequence[float] | None,
+    out_dir: str | os.PathLike[str],
+    *,
+    axis: Sequence[float] | None = None,
+    params: SplitParams | None = None,
+    method: str = "moments",
+    meshes: MeshFormat = "ply",
+    slab: int = SPLIT_SLAB,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> MorphometryResult:
+    """Go from probability maps on disk to the morphometry folder with bounded memory.
+
+    Split (:func:`seglab.instances.split_instances_chunked`, labels into a scratch memory
+    map), write ``labels.tif`` slab by slab, then measure and mesh from a memory map of it
+    (:func:`seglab.morphometry.measure_objects_chunked`, meshes streamed object by object).
+    The outputs are those of :func:`split_stack` followed by :func:`measure_stack` (the same
+    ``instances.csv`` and ``summary.json``), at any stack size.
+
+    Parameters
+    ----------
+    object_map, contour_map : (Z, Y, X) ndarray or path
+        Probability maps (uint8 0..255 or float 0..1), or stack files holding them;
+        uncompressed TIFFs are memory-mapped and read one slab at a time.
+    voxel_size : tuple of float or None
+        ``(z, y, x)`` in um; None reads it from the object map file.
+    out_dir : path-like
+        New folder (replaced only with ``overwrite``) receiving ``labels.tif`` (uint16, or
+        uint32 above 65535 objects), ``instances.csv``, ``summary.json`` (with the split
+        parameters), ``figures/`` and ``meshes/``.
+    axis : tuple of float, optional
+        ``(z, y, x)`` myofibril direction; along x when omitted (there is no image here).
+    params : SplitParams, optional
+        Thresholds, blur, seed level, minimum size and mode.
+    method : {"moments", "published"}
+        Spheroid fit.
+    meshes : {"ply", "obj", "stl", "none"}
+        Mesh format, or no meshes.
+    slab : int
+        Slices per slab (>= 1); memory grows with it (about ``slab * Y * X * 12`` bytes while
+        splitting).
+    overwrite : bool
+        Whether an existing non-empty ``out_dir`` is replaced.
+    progress : callable, optional
+        ``progress(phase, fraction)`` for each phase; progress bars on stderr when omitted.
+
+    Returns
+    -------
+    MorphometryResult
+        As :func:`measure_stack`; ``timings_s`` gives the wall time of each phase.
+
+    Raises
+    ------
+    SeglabError
+        Bad voxel size (or none known), axis, mesh format, slab or maps of different shapes.
+    DataFileError
+        Missing or unreadable files.
+    """
+    params = params if params is not None else SplitParams()
+    if meshes not in ("ply", "obj", "stl", "none"):
+        raise SeglabError(f"unknown mesh format {meshes!r}", "use ply, obj, stl or none")
+    if isinstance(slab, bool) or not isinstance(slab, int | np.integer) or slab < 1:
+        raise SeglabError(f"slab must be an integer >= 1, got {slab!r}", "pass e.g. slab=64")
+    objects = _stack(object_map, "object map", memmap=True)
+    contours = _stack(contour_map, "contour map", memmap=True)
+    spacing, source = _voxel_size(voxel_size, objects, "the object map")
+    split_values = {k: getattr(params, k) for k in params.__dataclass_fields__}
+    timings: dict[str, float] = {}
+    out = Path(out_dir)
+    with atomic_directory(out, overwrite=overwrite) as tmp, _progress_or(progress) as report:
+        started = time.perf_counter()
+        split = _split_to_file(
+            objects.array,
+            contours.array,
+            tmp / "labels.tif",
+            params,
+            spacing,
+            slab=int(slab),
+            progress=report,
+        )
+        timings["splitting and labels.tif"] = time.perf_counter() - started
+        del objects, contours
+        labels = split.labels
+        del split
+        values, outputs = _write_measurements(
+            tmp,
+            labels,
+            spacing,
+            axis=axis,
+            image=None,
+            method=method,
+            meshes=meshes,
+            cell_mask=None,
+            extra={"voxel_size_source": source, "split": split_values},
+            write_labels=False,
+            progress=report,
+            timings=timings,
+        )
+        _drop_resident_pages(labels)
+        del labels
+    result = MorphometryResult(
+        f"split and measured {values['count']} objects", out, values=values, timings_s=timings
+    )
+    result.lines = _summary_lines(values)
+    result.outputs = {"labels": out / "labels.tif", **{k: out / r for k, r in outputs.items()}}
+    return result
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,343 @@
+"""B3: stack post-processing and morphometry at study B's full size (690 x 1024 x 1024).
+
+Usage::
+
+    .venv/bin/python benchmarks/b3_postprocess.py [WORK] [--slices 690] [--small 128]
+        [--slab 64] [--meshes ply] [--no-record]
+
+WORK (default ``/tmp/seglab-bench``) keeps the generated cell-B SEM phantom's ideal probability
+maps (``maps/object.tif``: 255 inside mitochondria, ``maps/contour.tif``: 255 on their per-slice
+outlines; uint8, uncompressed, written slab by slab) and is reused by later runs.
+
+Then, each in its own child process whose wall time and peak RSS (``os.wait4`` rusage, i.e.
+``ru_maxrss`` of that child alone) are recorded:
+
+1. ``full``: :func:`seglab.workflows.morphometry.postprocess_stack` on the whole stack (maps ->
+   labels.tif, instances.csv, summary.json, figures, meshes), streaming from the TIFF memmaps;
+2. ``naive``: ``split_instances`` + ``measure_objects`` on in-memory arrays of the first
+   ``--small`` slices (the whole-volume path);
+3. ``chunked``: ``split_instances_chunked`` (labels into a memmap) + ``measure_objects_chunked``
+   (from that memmap) on the same slices, read from TIFF memmaps; the two must give identical
+   measurements (checked);
+4. ``postprocess``: ``postprocess_stack`` on the same slices (everything written).
+
+Prints a table and writes the section "B3 stack post-processing and morphometry" of
+``benchmarks/RESULTS.md`` (other sections are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "RESULTS.md"
+SECTION = "## B3 stack post-processing and morphometry"
+CHILD_FLAG = "--child"
+
+
+# --------------------------------------------------------------------------------------------
+# Preparation
+# --------------------------------------------------------------------------------------------
+
+
+def prepare(work: Path, slab: int) -> dict:
+    """Generate the cell-B phantom and its ideal maps once; return its description."""
+    maps = work / "maps"
+    info_path = maps / "phantom.json"
+    if info_path.is_file():
+        return json.loads(info_path.read_text())
+    from seglab.io.images import write_image
+    from seglab.phantoms.sem import make_sem_phantom, study_sem_config
+
+    maps.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    phantom = make_sem_phantom(study_sem_config("B"))
+    generated = time.perf_counter() - start
+    shape = phantom.instances.shape
+    spacing = phantom.voxel_size
+    # uint8 maps filled slab by slab (no float or int64 copy of the stack).
+    for name, source in (("object", phantom.instances), ("contour", phantom.contours)):
+        target = np.lib.format.open_memmap(
+            maps / f"{name}.npy", mode="w+", dtype=np.uint8, shape=shape
+        )
+        for z in range(0, shape[0], slab):
+            part = source[z : z + slab]
+            target[z : z + slab] = np.where(part > 0, np.uint8(255), np.uint8(0))
+        target.flush()
+        write_image(maps / f"{name}.tif", target, spacing, axes="ZYX")
+        del target
+        (maps / f"{name}.npy").unlink()
+    info = {
+        "shape": [int(n) for n in shape],
+        "voxel_size_um": [float(v) for v in spacing],
+        "objects": len(phantom.truth),
+        "objects_interior": sum(not t.touches_border for t in phantom.truth),
+        "myofibril_axis": [float(v) for v in phantom.metadata["myofibril_axis"]],
+        "generation_s": round(generated, 1),
+    }
+    del phantom
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def crop_maps(work: Path, slices: int, slab: int) -> Path:
+    """The first ``slices`` slices of both maps as TIFFs in ``work/maps_<slices>``."""
+    from seglab.io.images import read_stack_memmap, write_image
+
+    folder = work / f"maps_{slices}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("object", "contour"):
+        target = folder / f"{name}.tif"
+        if not target.is_file():
+            source = read_stack_memmap(work / "maps" / f"{name}.tif")
+            part = np.array(source.array[:slices])
+            write_image(target, part, source.spacing, axes="ZYX")
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# Child processes
+# --------------------------------------------------------------------------------------------
+
+
+def child(task: str, maps: str, out: str, slab: int, meshes: str) -> None:
+    """Run one measured task (in a child process) and print its JSON result on the last line."""
+    from seglab.instances import split_instances, split_instances_chunked
+    from seglab.io.images import read_image, read_stack_memmap
+    from seglab.morphometry import measure_objects, measure_objects_chunked
+    from seglab.workflows.morphometry import postprocess_stack
+
+    folder = Path(maps)
+    info = json.loads((Path(maps).parent / "maps" / "phantom.json").read_text())
+    voxel = info["voxel_size_um"]
+    axis = info["myofibril_axis"]
+    result: dict = {}
+    if task == "postprocess":
+        done = postprocess_stack(
+            folder / "object.tif",
+            folder / "contour.tif",
+            voxel,
+            out,
+            axis=axis,
+            meshes=meshes,
+            slab=slab,
+            overwrite=True,
+        )
+        result["count"] = done.values["count"]
+        result["count_interior"] = done.values["count_interior"]
+        result["phases_s"] = done.timings_s
+    elif task == "naive":
+        objects = read_image(folder / "object.tif").array
+        contours = read_image(folder / "contour.tif").array
+        split = split_instances(objects, contours)
+        del objects, contours
+        measured = measure_objects(split.labels, voxel, axis)
+        result["count"] = len(measured)
+        np.save(Path(out) / "naive.npy", _table(measured))
+    elif task == "chunked":
+        objects = read_stack_memmap(folder / "object.tif").array
+        contours = read_stack_memmap(folder / "contour.tif").array
+        labels = np.lib.format.open_memmap(
+            Path(out) / "labels.npy", mode="w+", dtype=np.uint32, shape=objects.shape
+        )
+        split_instances_chunked(objects, contours, slab=slab, out=labels)
+        measured = measure_objects_chunked(labels, voxel, axis, slab=slab)
+        result["count"] = len(measured)
+        np.save(Path(out) / "chunked.npy", _table(measured))
+        del labels
+        (Path(out) / "labels.npy").unlink()
+    else:
+        raise SystemExit(f"unknown task {task}")
+    print(json.dumps(result))
+
+
+def _table(measured: list) -> np.ndarray:
+    """Every float of the measurements, for an exact comparison."""
+    return np.array(
+        [
+            (
+                m.label,
+                m.voxel_count,
+                m.volume_um3,
+                m.surface_um2,
+                *m.centroid_um,
+                *m.bbox,
+                *m.semi_axes_um,
+                m.semi_major_um,
+                m.semi_minor_um,
+                m.eccentricity,
+                *m.major_axis,
+                m.orientation_deg,
+                m.touches_border,
+            )
+            for m in measured
+        ],
+        dtype=np.float64,
+    ).reshape(len(measured), -1)
+
+
+def measure_child(task: str, maps: Path, out: Path, slab: int, meshes: str) -> dict:
+    """Run a task in a child process; return its result with wall time and peak RSS."""
+    out.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        CHILD_FLAG,
+        task,
+        str(maps),
+        str(out),
+        str(slab),
+        meshes,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True)
+    stdout = process.stdout.read() if process.stdout else ""
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"child {task} failed with exit code {process.returncode}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result.update(
+        task=task,
+        wall_s=wall,
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        peak_rss_gib=usage.ru_maxrss / 2**20,  # kB on Linux
+    )
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    """Cores, memory and load of this machine."""
+    cores = os.cpu_count()
+    with open("/proc/meminfo") as fh:
+        total_kb = int(fh.readline().split()[1])
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    return (
+        f"{cores} cores, {total_kb / 2**20:.0f} GiB RAM, "
+        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+        f"load average before the run {load}"
+    )
+
+
+def record(text: str) -> None:
+    """Replace (or append) the B3 section of RESULTS.md."""
+    old = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
+    if SECTION in old:
+        head, rest = old.split(SECTION, 1)
+        tail = rest.split("\n## ", 1)
+        rest = "\n## " + tail[1] if len(tail) == 2 else ""
+        new = head + text + rest
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    RESULTS.write_text(new)
+
+
+def main() -> None:
+    """Prepare, run the four measured tasks, print and record the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("work", nargs="?", default="/tmp/seglab-bench", type=Path)
+    parser.add_argument("--slices", type=int, default=690, help="slices of the full run")
+    parser.add_argument("--small", type=int, default=128, help="slices of naive vs chunked")
+    parser.add_argument("--slab", type=int, default=64)
+    parser.add_argument("--meshes", default="ply", choices=["ply", "obj", "stl", "none"])
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    work: Path = args.work
+    about = machine()
+    start = time.perf_counter()
+    info = prepare(work, args.slab)
+    prepared = time.perf_counter() - start
+    print(f"maps ready in {prepared:.0f} s: {info}", flush=True)
+    full_maps = (
+        work / "maps"
+        if args.slices >= info["shape"][0]
+        else crop_maps(work, args.slices, args.slab)
+    )
+    small_maps = crop_maps(work, args.small, args.slab)
+    runs = {}
+    runs["full"] = measure_child(
+        "postprocess", full_maps, work / f"out_{args.slices}", args.slab, args.meshes
+    )
+    print(runs["full"], flush=True)
+    runs["naive"] = measure_child("naive", small_maps, work / "naive", args.slab, "none")
+    print(runs["naive"], flush=True)
+    runs["chunked"] = measure_child("chunked", small_maps, work / "chunked", args.slab, "none")
+    print(runs["chunked"], flush=True)
+    runs["postprocess"] = measure_child(
+        "postprocess", small_maps, work / f"out_{args.small}", args.slab, args.meshes
+    )
+    print(runs["postprocess"], flush=True)
+    naive = np.load(work / "naive" / "naive.npy")
+    chunked = np.load(work / "chunked" / "chunked.npy")
+    identical = naive.shape == chunked.shape and np.array_equal(naive, chunked, equal_nan=True)
+    y, x = info["shape"][1:]
+    rows = [
+        ("postprocess_stack (maps -> outputs)", args.slices, runs["full"]),
+        ("naive: split_instances + measure_objects", args.small, runs["naive"]),
+        ("chunked: split_instances_chunked + measure_objects_chunked", args.small, runs["chunked"]),
+        ("postprocess_stack (maps -> outputs)", args.small, runs["postprocess"]),
+    ]
+    lines = [
+        SECTION,
+        "",
+        f"Machine: {about}. Each step runs in its own child process (`OMP_NUM_THREADS=1`); "
+        "peak RSS is that child's `ru_maxrss`.",
+        "",
+        f"Input: ideal uint8 probability maps (first N slices) of the cell-B SEM phantom "
+        f"({info['shape'][0]} x {y} x {x} voxels of "
+        f"{' x '.join(f'{v:.4g}' for v in info['voxel_size_um'])} um, {info['objects']} "
+        f"mitochondria, {info['objects_interior']} not touching the border), uncompressed TIFF "
+        f"read through memory maps; slab {args.slab} slices, meshes {args.meshes}.",
+        "",
+        "| step | slices | objects | wall (s) | CPU (s) | peak RSS (GiB) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, slices, run in rows:
+        lines.append(
+            f"| {name} | {slices} | {run['count']} | {run['wall_s']:.1f} | {run['cpu_s']:.1f} "
+            f"| {run['peak_rss_gib']:.2f} |"
+        )
+    ratio_time = runs["chunked"]["wall_s"] / runs["naive"]["wall_s"]
+    ratio_rss = runs["chunked"]["peak_rss_gib"] / runs["naive"]["peak_rss_gib"]
+    lines += [
+        "",
+        f"At {args.small} slices, chunked / naive: wall time x{ratio_time:.2f}, peak RSS "
+        f"x{ratio_rss:.2f}; measurements identical (every float): {identical}.",
+    ]
+    phases = runs["full"].get("phases_s") or {}
+    if phases:
+        lines.append(
+            f"Phases of the {args.slices}-slice run (s): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in phases.items())
+            + "."
+        )
+    lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    if not identical:
+        raise SystemExit("chunked and naive measurements differ")
+    if not args.no_record:
+        record(text)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == CHILD_FLAG:
+        child(*sys.argv[2:5], int(sys.argv[5]), sys.argv[6])
+    else:
+        main()
