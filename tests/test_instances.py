@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from seglab.errors import SeglabError
 from seglab.instances import (
@@ -14,34 +13,18 @@ from seglab.instances import (
     split_instances,
     split_instances_chunked,
 )
-from seglab.phantoms.sem import SemPhantom, make_sem_phantom
+from seglab.phantoms.sem import (
+    SemPhantom,
+    ideal_probability_maps,
+    make_sem_phantom,
+    noisy_probability_maps,
+)
 
 
 @pytest.fixture(scope="module")
 def phantom() -> SemPhantom:
     # 32 x 160 x 160 voxels: 98 objects, 13 inside, 8 touching pairs.
     return make_sem_phantom(shape=(32, 160, 160), seed=0)
-
-
-def _ideal_maps(phantom: SemPhantom) -> tuple[np.ndarray, np.ndarray]:
-    obj = np.where(phantom.instances > 0, 255, 0).astype(np.uint8)
-    con = np.where(phantom.contours, 255, 0).astype(np.uint8)
-    return obj, con
-
-
-def _noisy_maps(phantom: SemPhantom, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Ideal maps blurred (1 px in-plane), with noise (sd 40) and 20 % of the contour missing."""
-    rng = np.random.default_rng(seed)
-    maps = []
-    for ideal in _ideal_maps(phantom):
-        blurred = ndimage.gaussian_filter(ideal.astype(np.float32), (0, 1.0, 1.0))
-        blurred += rng.normal(0.0, 40.0, blurred.shape).astype(np.float32)
-        maps.append(np.clip(np.rint(blurred), 0, 255).astype(np.uint8))
-    field = ndimage.gaussian_filter(
-        rng.standard_normal(maps[1].shape).astype(np.float32), (0, 1.5, 1.5)
-    )
-    maps[1][field < np.quantile(field, 0.2)] = 0
-    return maps[0], maps[1]
 
 
 def _interior(labels: np.ndarray, touches_border: np.ndarray) -> np.ndarray:
@@ -61,7 +44,7 @@ def _truth_interior(phantom: SemPhantom) -> np.ndarray:
 
 
 def test_ideal_maps_split_every_interior_object(phantom: SemPhantom) -> None:
-    result = split_instances(*_ideal_maps(phantom))
+    result = split_instances(*ideal_probability_maps(phantom))
     truth = phantom.instances.astype(np.int64)
     every = instance_f1(result.labels.astype(np.int64), truth)
     # Measured: F1 0.862, precision 1.0, recall 0.757 (the misses are border fragments of a few
@@ -75,7 +58,7 @@ def test_ideal_maps_split_every_interior_object(phantom: SemPhantom) -> None:
 
 
 def test_touching_pairs_are_split(phantom: SemPhantom) -> None:
-    result = split_instances(*_ideal_maps(phantom))
+    result = split_instances(*ideal_probability_maps(phantom))
     match = instance_f1(result.labels.astype(np.int64), phantom.instances.astype(np.int64))
     partner_of = dict(zip(match.pairs[:, 1].tolist(), match.pairs[:, 0].tolist(), strict=True))
     big_pairs = [
@@ -92,7 +75,7 @@ def test_touching_pairs_are_split(phantom: SemPhantom) -> None:
 
 
 def test_noisy_maps_still_split_well(phantom: SemPhantom) -> None:
-    result = split_instances(*_noisy_maps(phantom))
+    result = split_instances(*noisy_probability_maps(phantom))
     every = instance_f1(result.labels.astype(np.int64), phantom.instances.astype(np.int64))
     assert every.f1 >= 0.83  # measured 0.880 (precision 1.0, recall 0.786)
     interior = instance_f1(
@@ -119,7 +102,7 @@ def _pieces_per_interior_object(labels: np.ndarray, phantom: SemPhantom) -> floa
 
 
 def test_3d_mode_rejoins_what_2d_mode_splits(phantom: SemPhantom) -> None:
-    maps = _ideal_maps(phantom)
+    maps = ideal_probability_maps(phantom)
     three = split_instances(*maps, SplitParams(mode="3d"))
     two = split_instances(*maps, SplitParams(mode="2d"))
     # Measured: 1.0 piece per interior object in 3D, 8.7 in 2D (one per slice, at least).
@@ -139,7 +122,9 @@ def test_3d_mode_rejoins_what_2d_mode_splits(phantom: SemPhantom) -> None:
 @pytest.mark.parametrize("slab", [1, 3, 7, 16, 31, 64])
 @pytest.mark.parametrize("maps", ["ideal", "noisy"])
 def test_chunked_equals_whole_volume(phantom: SemPhantom, slab: int, maps: str) -> None:
-    obj, con = _ideal_maps(phantom) if maps == "ideal" else _noisy_maps(phantom)
+    obj, con = (
+        ideal_probability_maps(phantom) if maps == "ideal" else noisy_probability_maps(phantom)
+    )
     whole = split_instances(obj, con)
     chunked = split_instances_chunked(obj, con, slab=slab)
     np.testing.assert_array_equal(chunked.labels, whole.labels)
@@ -149,7 +134,7 @@ def test_chunked_equals_whole_volume(phantom: SemPhantom, slab: int, maps: str) 
 
 
 def test_chunked_slabs_cut_through_objects(phantom: SemPhantom) -> None:
-    obj, con = _ideal_maps(phantom)
+    obj, con = ideal_probability_maps(phantom)
     result = split_instances(obj, con)
     boundaries = np.arange(7, obj.shape[0], 7)
     cut = {int(v) for b in boundaries for v in np.unique(result.labels[b - 1 : b + 1]) if v}
@@ -157,7 +142,7 @@ def test_chunked_slabs_cut_through_objects(phantom: SemPhantom) -> None:
 
 
 def test_chunked_2d_mode_and_memmap_output(phantom: SemPhantom, tmp_path) -> None:
-    obj, con = _ideal_maps(phantom)
+    obj, con = ideal_probability_maps(phantom)
     params = SplitParams(mode="2d", sigma=1.5)
     whole = split_instances(obj, con, params)
     out = np.lib.format.open_memmap(tmp_path / "labels.npy", "w+", np.uint32, obj.shape)
@@ -177,7 +162,7 @@ def test_chunked_2d_mode_and_memmap_output(phantom: SemPhantom, tmp_path) -> Non
 
 
 def test_labels_are_canonical(phantom: SemPhantom) -> None:
-    result = split_instances(*_noisy_maps(phantom))
+    result = split_instances(*noisy_probability_maps(phantom))
     np.testing.assert_array_equal(canonical_relabel(result.labels), result.labels)
     assert result.labels.dtype == np.uint32
     assert result.labels.max() == result.count

@@ -33,7 +33,6 @@ import math
 import time
 
 import numpy as np
-from scipy import ndimage
 
 from seglab.instances import SplitParams, instance_f1, split_instances
 from seglab.morphometry import (
@@ -41,7 +40,12 @@ from seglab.morphometry import (
     estimate_sarcomere_length,
     measure_objects,
 )
-from seglab.phantoms.sem import SemPhantom, make_sem_phantom
+from seglab.phantoms.sem import (
+    SemPhantom,
+    ideal_probability_maps,
+    make_sem_phantom,
+    noisy_probability_maps,
+)
 
 PHANTOMS = {
     "default": {"shape": (40, 192, 192), "seed": 0},
@@ -66,28 +70,6 @@ VOXEL_SIZES = {
     "study: 0.0701 x 0.01397 x 0.01397 um": (0.0701, 0.01397, 0.01397),
 }
 SPHEROID_AXES = ((0, 0, 1), (1, 0, 0), (0.3, 0.5, 0.8), (0.2, 1.0, 0.0), (0, 1, 1))
-
-
-def ideal_maps(phantom: SemPhantom) -> tuple[np.ndarray, np.ndarray]:
-    """Return the object and contour maps a perfect network would give (0 or 255)."""
-    obj = np.where(phantom.instances > 0, 255, 0).astype(np.uint8)
-    con = np.where(phantom.contours, 255, 0).astype(np.uint8)
-    return obj, con
-
-
-def noisy_maps(phantom: SemPhantom, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Return ideal maps blurred (1 px), with noise (sd 40) and 20 % of the contour missing."""
-    rng = np.random.default_rng(seed)
-    maps = []
-    for ideal in ideal_maps(phantom):
-        blurred = ndimage.gaussian_filter(ideal.astype(np.float32), (0, 1.0, 1.0))
-        blurred += rng.normal(0.0, 40.0, blurred.shape).astype(np.float32)
-        maps.append(np.clip(np.rint(blurred), 0, 255).astype(np.uint8))
-    field = ndimage.gaussian_filter(
-        rng.standard_normal(maps[1].shape).astype(np.float32), (0, 1.5, 1.5)
-    )
-    maps[1][field < np.quantile(field, 0.2)] = 0
-    return maps[0], maps[1]
 
 
 def prolate_area(a: float, b: float) -> float:
@@ -174,7 +156,11 @@ def column(phantom: SemPhantom, source: str) -> dict[str, str]:
         pairs = np.array([[t.label, t.label] for t in phantom.truth], dtype=np.int64)
         rows = {"count (interior)": f"{count} ({interior}) [true]"}
     else:
-        maps = ideal_maps(phantom) if source == "split, ideal maps" else noisy_maps(phantom)
+        maps = (
+            ideal_probability_maps(phantom)
+            if source == "split, ideal maps"
+            else noisy_probability_maps(phantom)
+        )
         result = split_instances(*maps)
         labels = result.labels.astype(np.int64)
         interior = int(np.count_nonzero(~result.touches_border))
@@ -255,7 +241,7 @@ def split_sweep(phantom: SemPhantom) -> None:
     true_keep = np.zeros(len(phantom.truth) + 1, dtype=bool)
     true_keep[1:] = [not t.touches_border for t in phantom.truth]
     inner_truth = np.where(true_keep[truth], truth, 0)
-    maps = {"ideal": ideal_maps(phantom), "noisy": noisy_maps(phantom)}
+    maps = {"ideal": ideal_probability_maps(phantom), "noisy": noisy_probability_maps(phantom)}
     print(
         "\n| sigma (px) | min_size | F1 all, ideal | F1 interior, ideal | F1 all, noisy "
         "| F1 interior, noisy |"

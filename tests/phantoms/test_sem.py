@@ -501,3 +501,18 @@ def test_progress_callback_reports_each_phase_up_to_completion():
     assert len(seen["drawing slices"]) == phantom.image.shape[0]
     for fractions in seen.values():
         assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] <= 1
+
+
+def test_probability_maps_of_a_phantom_are_exact_then_degraded():
+    from seglab.phantoms.sem import ideal_probability_maps, noisy_probability_maps
+
+    phantom = make_sem_phantom(shape=(8, 48, 48), seed=0)
+    obj, con = ideal_probability_maps(phantom)
+    np.testing.assert_array_equal(obj == 255, phantom.instances > 0)
+    np.testing.assert_array_equal(con == 255, phantom.contours)
+    assert obj.dtype == con.dtype == np.uint8 and set(np.unique(obj)) <= {0, 255}
+    noisy_obj, noisy_con = noisy_probability_maps(phantom, seed=1, missing_contour=0.5)
+    assert noisy_obj.dtype == np.uint8 and not np.array_equal(noisy_obj, obj)
+    assert (noisy_con[con == 255] >= 128).mean() < (con[con == 255] >= 128).mean()
+    with pytest.raises(SeglabError, match="missing_contour"):
+        noisy_probability_maps(phantom, missing_contour=1.0)

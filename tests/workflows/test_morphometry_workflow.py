@@ -11,7 +11,7 @@ from seglab.errors import DataFileError, OutputExistsError, SeglabError
 from seglab.instances import SplitParams, instance_f1, split_instances
 from seglab.io.images import read_image, write_image
 from seglab.morphometry import MEASUREMENT_COLUMNS, TABLE3_COLUMNS
-from seglab.phantoms.sem import make_sem_phantom
+from seglab.phantoms.sem import ideal_probability_maps, make_sem_phantom
 from seglab.workflows import morphometry as workflow
 from seglab.workflows.morphometry import (
     compare_summaries,
@@ -41,12 +41,6 @@ def phantom():
 def read_csv(path):
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-def ideal_maps(phantom):
-    object_map = np.where(phantom.instances > 0, 255, 0).astype(np.uint8)
-    contour_map = np.multiply(phantom.contours, 255, dtype=np.uint8)
-    return object_map, contour_map
 
 
 # -- measure ------------------------------------------------------------------------------------
@@ -166,7 +160,7 @@ def test_measure_missing_file_and_existing_output(tmp_path):
 
 # -- split --------------------------------------------------------------------------------------
 def test_split_ideal_maps_recovers_the_objects(phantom, tmp_path):
-    object_map, contour_map = ideal_maps(phantom)
+    object_map, contour_map = ideal_probability_maps(phantom)
     result = split_stack(
         object_map, contour_map, tmp_path / "labels.tif", voxel_size=(0.1, 0.04, 0.04)
     )
@@ -185,7 +179,7 @@ def test_split_ideal_maps_recovers_the_objects(phantom, tmp_path):
 
 
 def test_split_into_a_memory_map_equals_the_in_memory_split(phantom, tmp_path, monkeypatch):
-    object_map, contour_map = ideal_maps(phantom)
+    object_map, contour_map = ideal_probability_maps(phantom)
     write_image(tmp_path / "object.tif", object_map, phantom.voxel_size, axes="ZYX")
     write_image(tmp_path / "contour.tif", contour_map, phantom.voxel_size, axes="ZYX")
     monkeypatch.setattr(workflow, "MEMMAP_VOXELS", 1000)
@@ -236,7 +230,7 @@ def test_split_refuses_to_replace_without_overwrite(tmp_path):
 def test_postprocess_memmapped_maps_equals_split_then_measure_in_memory(
     phantom, tmp_path, monkeypatch, memmap_voxels, slab
 ):
-    object_map, contour_map = ideal_maps(phantom)
+    object_map, contour_map = ideal_probability_maps(phantom)
     voxel = phantom.voxel_size
     write_image(tmp_path / "object.tif", object_map, voxel, axes="ZYX")
     write_image(tmp_path / "contour.tif", contour_map, voxel, axes="ZYX")

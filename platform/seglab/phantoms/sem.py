@@ -60,8 +60,10 @@ __all__ = [
     "SemAppearance",
     "SemPhantom",
     "SemPhantomConfig",
+    "ideal_probability_maps",
     "make_sem_cells",
     "make_sem_phantom",
+    "noisy_probability_maps",
     "study_sem_config",
     "truth_table_rows",
 ]
@@ -1380,3 +1382,52 @@ def _hash_unit(first: np.ndarray, second: np.ndarray, seed: int) -> np.ndarray:
 def _gaussian_quantile(probability: float) -> float:
     """Quantile of the unit-variance wave field, approximated by the normal distribution."""
     return float(ndtri(min(max(probability, 1e-6), 1.0 - 1e-6)))
+
+
+def ideal_probability_maps(phantom: SemPhantom) -> tuple[np.ndarray, np.ndarray]:
+    """Object and contour maps a perfect network would give for ``phantom``.
+
+    Returns
+    -------
+    (object_map, contour_map) : (Z, Y, X) ndarray of uint8
+        255 on mitochondria (resp. their outlines), 0 elsewhere, on the 0..255 scale of CDeep3M's
+        probability maps that :mod:`seglab.instances` splits.
+    """
+    object_map = np.where(phantom.instances > 0, 255, 0).astype(np.uint8)
+    contour_map = np.multiply(phantom.contours, 255, dtype=np.uint8)
+    return object_map, contour_map
+
+
+def noisy_probability_maps(
+    phantom: SemPhantom,
+    *,
+    seed: int = 0,
+    blur_px: float = 1.0,
+    noise_sd: float = 40.0,
+    missing_contour: float = 0.2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Imperfect object and contour maps, for testing instance splitting against the truth.
+
+    The ideal maps are blurred in-plane by ``blur_px`` pixels, Gaussian noise of ``noise_sd``
+    grey levels is added, and the contour map loses ``missing_contour`` of its area in smooth
+    blobs (a network that misses pieces of outlines).
+
+    Returns
+    -------
+    (object_map, contour_map) : (Z, Y, X) ndarray of uint8
+    """
+    if not 0.0 <= missing_contour < 1.0:
+        raise SeglabError(
+            f"missing_contour must be in [0, 1), got {missing_contour!r}", "pass e.g. 0.2"
+        )
+    rng = np.random.default_rng(seed)
+    maps = []
+    for ideal in ideal_probability_maps(phantom):
+        blurred = ndimage.gaussian_filter(ideal.astype(np.float32), (0, blur_px, blur_px))
+        blurred += rng.normal(0.0, noise_sd, blurred.shape).astype(np.float32)
+        maps.append(np.clip(np.rint(blurred), 0, 255).astype(np.uint8))
+    field = ndimage.gaussian_filter(
+        rng.standard_normal(maps[1].shape).astype(np.float32), (0, 1.5, 1.5)
+    )
+    maps[1][field < np.quantile(field, missing_contour)] = 0
+    return maps[0], maps[1]
