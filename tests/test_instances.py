@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -341,3 +343,98 @@ def test_bad_maps() -> None:
         instance_f1(np.zeros((2, 2), int), np.zeros((3, 2), int))
     with pytest.raises(SeglabError, match="iou must lie"):
         instance_f1(np.zeros((2, 2), int), np.zeros((2, 2), int), iou=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Dask backend
+# --------------------------------------------------------------------------------------------
+
+
+def _assert_same_split(result, expected) -> None:
+    np.testing.assert_array_equal(np.asarray(result.labels), np.asarray(expected.labels))
+    np.testing.assert_array_equal(result.touches_border, expected.touches_border)
+    np.testing.assert_array_equal(result.voxel_counts, expected.voxel_counts)
+    assert result.count == expected.count
+
+
+@pytest.mark.parametrize(
+    ("maps", "mode", "scheduler"),
+    [("ideal", "3d", "synchronous"), ("noisy", "3d", "threads"), ("noisy", "2d", "threads")],
+)
+def test_dask_backend_equals_serial(
+    phantom: SemPhantom, scheduler: str, maps: str, mode: str
+) -> None:
+    obj, con = (
+        ideal_probability_maps(phantom) if maps == "ideal" else noisy_probability_maps(phantom)
+    )
+    params = SplitParams(mode=mode)
+    serial = split_instances_chunked(obj, con, params, slab=5)  # slabs of 5 cut most objects
+    seen: list[tuple[str, float]] = []
+    dask_run = split_instances_chunked(
+        obj,
+        con,
+        params,
+        slab=5,
+        backend="dask",
+        workers=2,
+        scheduler=scheduler,
+        progress=lambda phase, fraction: seen.append((phase, fraction)),
+    )
+    _assert_same_split(dask_run, serial)
+    assert serial.count > 50
+    assert ("splitting", 1.0) in seen and seen[-1] == ("relabelling", 1.0)
+
+
+def test_dask_processes_on_memory_maps_equal_serial(phantom: SemPhantom, tmp_path) -> None:
+    obj, con = noisy_probability_maps(phantom)
+    serial = split_instances_chunked(obj, con, slab=5)
+    mapped = []
+    for name, array in (("obj", obj), ("con", con)):
+        np.save(tmp_path / f"{name}.npy", array)
+        mapped.append(np.load(tmp_path / f"{name}.npy", mmap_mode="r"))
+    out = np.lib.format.open_memmap(tmp_path / "labels.npy", "w+", np.uint32, obj.shape)
+    out[:] = 9  # must be cleared
+    result = split_instances_chunked(
+        *mapped, slab=5, out=out, backend="dask", workers=2, scheduler="processes"
+    )
+    assert result.labels is out
+    _assert_same_split(result, serial)
+    # In-memory maps go to the processes as copies of each slab's slices.
+    _assert_same_split(
+        split_instances_chunked(
+            obj, con, slab=11, backend="dask", workers=2, scheduler="processes"
+        ),
+        serial,
+    )
+
+
+@pytest.mark.parametrize("shape", [(0, 8, 8), (3, 8, 8)])
+def test_dask_backend_empty_input(shape: tuple[int, ...]) -> None:
+    zeros = np.zeros(shape, dtype=np.uint8)
+    result = split_instances_chunked(zeros, zeros, slab=2, backend="dask", scheduler="threads")
+    assert result.count == 0 and result.labels.shape == shape and not result.labels.any()
+    assert result.touches_border.shape == (0,) and result.voxel_counts.shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"backend": "spark"}, "unknown backend 'spark'"),
+        ({"backend": "dask", "workers": 0}, "workers must be"),
+        ({"backend": "dask", "workers": True}, "workers must be"),
+        ({"backend": "dask", "scheduler": "gpu"}, "unknown dask scheduler 'gpu'"),
+    ],
+)
+def test_bad_backend_options(kwargs: dict, match: str) -> None:
+    obj = np.zeros((2, 8, 8), dtype=np.uint8)
+    with pytest.raises(SeglabError, match=match) as caught:
+        split_instances_chunked(obj, obj, **kwargs)
+    assert "\n" not in str(caught.value)
+
+
+def test_dask_backend_without_dask_says_how_to_install(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "dask", None)  # import dask now raises ImportError
+    obj = np.zeros((2, 8, 8), dtype=np.uint8)
+    obj[:, 2:6, 2:6] = 255
+    with pytest.raises(SeglabError, match=r"pip install 'seglab\[dask\]'"):
+        split_instances_chunked(obj, np.zeros_like(obj), SplitParams(min_size=1), backend="dask")

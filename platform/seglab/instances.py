@@ -38,7 +38,7 @@ numpy, scipy and scikit-image; ``opencv`` (per-slice blur) and ``connected-compo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -48,6 +48,7 @@ from scipy.optimize import linear_sum_assignment
 from skimage.segmentation import watershed
 
 from seglab.errors import SeglabError
+from seglab.io.parallel import Backend, MappedArray, check_backend, mapped_reference, run_in_waves
 
 __all__ = [
     "InstanceMatch",
@@ -236,6 +237,9 @@ def split_instances_chunked(
     slab: int = 64,
     out: np.ndarray | None = None,
     progress: ProgressCallback | None = None,
+    backend: Backend = "serial",
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> SplitResult:
     """Split instances slab by slab with bounded memory; identical to :func:`split_instances`.
 
@@ -252,7 +256,18 @@ def split_instances_chunked(
         array when omitted.
     progress : callable, optional
         Called as ``progress(phase, fraction)`` for the phases ``"finding objects"``,
-        ``"splitting"`` and ``"relabelling"``.
+        ``"splitting"`` (once per slab, or per finished dask task) and ``"relabelling"``.
+    backend : {"serial", "dask"}
+        ``"serial"`` (default) splits the slabs one after the other in this process.
+        ``"dask"`` splits them as dask tasks, ``workers`` at a time (see Notes); the result
+        is identical. Needs dask (``pip install 'seglab[dask]'``).
+    workers : int, optional
+        With ``backend="dask"``: slabs split at once (one wave of tasks), and the number of
+        threads or processes. Default: the number of CPUs.
+    scheduler : str, optional
+        With ``backend="dask"``: ``"threads"``, ``"processes"`` or ``"synchronous"``, passed
+        to ``dask.compute``; None (default) uses dask's default, i.e. threads, or the active
+        ``dask.distributed`` client when there is one.
 
     Returns
     -------
@@ -262,7 +277,8 @@ def split_instances_chunked(
     Raises
     ------
     SeglabError
-        As :func:`split_instances`, and for a bad ``slab`` or ``out``.
+        As :func:`split_instances`, for a bad ``slab``, ``out``, ``backend``, ``workers`` or
+        ``scheduler``, and when ``backend="dask"`` but dask is not installed.
 
     Notes
     -----
@@ -274,6 +290,20 @@ def split_instances_chunked(
     Peak memory is about ``(slab + deepest component depth) * Y * X * 12`` bytes plus the
     output; one object-mask component spanning the whole stack (e.g. a noisy map joining all
     objects) makes that the whole stack.
+
+    With ``backend="dask"``, pass 1 and pass 3 run here as before and pass 2 runs one dask task
+    per slab that starts a component, ``workers`` tasks at a time (peak memory about
+    ``workers`` times that of a slab, in the workers). A task reads its slices of the maps,
+    splits its components and returns each one's objects as a small crop of local ids; this
+    process writes them into ``labels`` in slab order, so the provisional ids, and hence the
+    labels, are those of the serial run, and ``out`` may be any array (tasks never write it).
+    Maps that are ``np.memmap`` views stored contiguously (``tifffile.memmap``,
+    ``np.lib.format.open_memmap``, :func:`seglab.io.images.read_stack_memmap` of a ZYX stack)
+    are handed to tasks as a file reference (name, dtype, shape, offset) and re-opened
+    read-only there; other maps are handed over as the slab's slices (a view under the
+    threaded scheduler; a pickled copy of those slices under a process scheduler or a
+    cluster). On a ``dask.distributed`` cluster the map files must be on a filesystem that
+    every worker sees under the same path.
     """
     params = params if params is not None else SplitParams()
     object_map, contour_map, flat = _validated_maps(object_map, contour_map)
@@ -284,12 +314,23 @@ def split_instances_chunked(
         )
     if isinstance(slab, bool) or not isinstance(slab, int | np.integer) or slab < 1:
         raise SeglabError(f"slab must be an integer >= 1, got {slab!r}", "pass e.g. slab=64")
+    check_backend(backend, workers, scheduler)
     if out is not None and (out.shape != object_map.shape or out.dtype != np.uint32):
         raise SeglabError(
             f"out must be a uint32 array of shape {object_map.shape}, got {out.dtype} {out.shape}",
             "pass e.g. np.lib.format.open_memmap(path, 'w+', np.uint32, shape)",
         )
-    return _split(object_map, contour_map, params, slab=int(slab), out=out, progress=progress)
+    return _split(
+        object_map,
+        contour_map,
+        params,
+        slab=int(slab),
+        out=out,
+        progress=progress,
+        backend=backend,
+        workers=workers,
+        scheduler=scheduler,
+    )
 
 
 def canonical_relabel(labels: np.ndarray) -> np.ndarray:
@@ -598,6 +639,17 @@ class _Objects:
     voxel_counts: list[int]
 
 
+@dataclass
+class _ComponentObjects:
+    """The objects of one object-mask component, numbered ``1..k`` in a crop of its box."""
+
+    box: tuple[int, int, int, int, int, int]  # z0, z1, y0, y1, x0, x1 (stop exclusive)
+    ids: np.ndarray  # box crop: 0 outside the objects, 1..k inside (smallest unsigned dtype)
+    first_index: list[int]  # raster index (whole volume) of each object's first voxel
+    touches_border: list[bool]
+    voxel_counts: list[int]
+
+
 def _split(
     object_map: np.ndarray,
     contour_map: np.ndarray,
@@ -605,6 +657,9 @@ def _split(
     slab: int,
     out: np.ndarray | None = None,
     progress: ProgressCallback | None = None,
+    backend: Backend = "serial",
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> SplitResult:
     shape = object_map.shape
     structure = _structure(params.mode)
@@ -620,46 +675,116 @@ def _split(
     first_slice = components.boxes[todo, 0]
     objects = _Objects([], [], [])
     depth = shape[0]
+    # (start, stop, extended stop, components) of each slab: a component is split with the
+    # slab holding its first slice, which is read down to the deepest such component's end.
+    slabs = []
     for start in range(0, depth, slab):
         stop = min(depth, start + slab)
         mine = todo[(first_slice >= start) & (first_slice < stop)]
-        if mine.size:
-            extended_stop = int(max(stop, components.boxes[mine, 1].max()))
-            block = _SeedBlock(object_map, contour_map, params, start, extended_stop)
-            for index in mine:
-                _split_component(
-                    block,
-                    components.boxes[index],
-                    components.voxels[index],
+        extended_stop = int(max(stop, components.boxes[mine, 1].max())) if mine.size else stop
+        slabs.append((start, stop, extended_stop, mine))
+    if backend == "serial":
+        for start, stop, extended_stop, mine in slabs:
+            if mine.size:
+                for found in _split_slab(
+                    object_map[start:extended_stop],
+                    contour_map[start:extended_stop],
                     params,
-                    structure,
-                    labels,
-                    objects,
-                )
-            del block
+                    start,
+                    components.boxes[mine],
+                    components.voxels[mine],
+                    shape,
+                ):
+                    _commit(labels, objects, found)
+            if progress is not None:
+                progress("splitting", stop / depth)
+    else:
+        busy = [item for item in slabs if item[3].size]
+        calls = (
+            (
+                _split_slab_task,
+                (
+                    _task_source(object_map, start, extended_stop),
+                    _task_source(contour_map, start, extended_stop),
+                    params,
+                    start,
+                    components.boxes[mine],
+                    components.voxels[mine],
+                    shape,
+                ),
+            )
+            for start, _, extended_stop, mine in busy
+        )
+        results = run_in_waves(calls, scheduler=scheduler, workers=workers)
+        for (_, stop, _, _), found_in_slab in zip(busy, results, strict=True):
+            for found in found_in_slab:  # in slab order, as the serial path: same ids
+                _commit(labels, objects, found)
+            if progress is not None:
+                progress("splitting", stop / depth)
         if progress is not None:
-            progress("splitting", stop / depth)
+            progress("splitting", 1.0)
     return _relabel(labels, objects, slab, progress)
 
 
+def _task_source(array: np.ndarray, start: int, stop: int) -> np.ndarray | MappedArray:
+    """Slices ``start..stop`` of a map for a task: a file reference when possible, else a view."""
+    part = array[start:stop]
+    reference = mapped_reference(part)
+    return reference if reference is not None else part
+
+
+def _split_slab_task(
+    object_source: np.ndarray | MappedArray,
+    contour_source: np.ndarray | MappedArray,
+    params: SplitParams,
+    start: int,
+    boxes: np.ndarray,
+    voxels: np.ndarray,
+    shape: tuple[int, ...],
+) -> list[_ComponentObjects]:
+    """Dask task: split the components of one slab (maps given by reference or as arrays)."""
+    object_block, contour_block = (
+        source.open() if isinstance(source, MappedArray) else source
+        for source in (object_source, contour_source)
+    )
+    return list(_split_slab(object_block, contour_block, params, start, boxes, voxels, shape))
+
+
+def _split_slab(
+    object_block: np.ndarray,
+    contour_block: np.ndarray,
+    params: SplitParams,
+    start: int,
+    boxes: np.ndarray,
+    voxels: np.ndarray,
+    shape: tuple[int, ...],
+) -> Iterator[_ComponentObjects]:
+    """Split the components (boxes, one voxel each) whose slices lie in the given blocks.
+
+    The blocks are the maps' slices ``start..start + len(block)``; components without objects
+    yield nothing.
+    """
+    structure = _structure(params.mode)
+    block = _SeedBlock(object_block, contour_block, params, start)
+    for box, voxel in zip(boxes, voxels, strict=True):
+        found = _split_component(block, box, voxel, params, structure, shape)
+        if found is not None:
+            yield found
+
+
 class _SeedBlock:
-    """Object mask, blurred rough split image and seeds of slices ``start..stop`` (full slices)."""
+    """Object mask, blurred rough split image and seeds of full slices from ``start`` on."""
 
     def __init__(
         self,
-        object_map: np.ndarray,
-        contour_map: np.ndarray,
+        object_block: np.ndarray,
+        contour_block: np.ndarray,
         params: SplitParams,
         start: int,
-        stop: int,
     ) -> None:
         self.start = start
-        self.mask = _at_least(
-            np.asarray(object_map[start:stop]), params.object_threshold, "object_map"
-        )
-        contour = _at_least(
-            np.asarray(contour_map[start:stop]), params.contour_threshold, "contour_map"
-        )
+        self.mask = _at_least(np.asarray(object_block), params.object_threshold, "object_map")
+        contour = _at_least(np.asarray(contour_block), params.contour_threshold, "contour_map")
         rough = self.mask & ~contour
         del contour
         self.blurred = rough.astype(np.float32)
@@ -680,10 +805,12 @@ def _split_component(
     voxel: np.ndarray,
     params: SplitParams,
     structure: np.ndarray,
-    labels: np.ndarray,
-    objects: _Objects,
-) -> None:
-    """Label the seeds of one object-mask component and grow them inside it."""
+    shape: tuple[int, ...],
+) -> _ComponentObjects | None:
+    """Label the seeds of one object-mask component and grow them inside it.
+
+    Returns the kept objects numbered ``1..k`` in order of their seed labels, or None.
+    """
     z0, z1, y0, y1, x0, x1 = (int(v) for v in box)
     local = (slice(z0 - block.start, z1 - block.start), slice(y0, y1), slice(x0, x1))
     mask = block.mask[local]
@@ -692,7 +819,7 @@ def _split_component(
     del pieces
     seeds = block.seeds[local] & component
     if not seeds.any():
-        return
+        return None
     markers, n_seeds = ndimage.label(seeds, structure=structure)
     grown = watershed(
         -block.blurred[local],
@@ -705,32 +832,42 @@ def _split_component(
     counts = np.bincount(flat, minlength=n_seeds + 1)
     kept = np.flatnonzero(counts[1:] >= max(1, params.min_size)) + 1
     if not kept.size:
-        return
-    # Provisional ids continue the running count; the canonical order comes at the end.
-    provisional = np.zeros(n_seeds + 1, dtype=np.uint32)
-    provisional[kept] = np.arange(
-        len(objects.first_index) + 1, len(objects.first_index) + 1 + kept.size, dtype=np.uint32
-    )
+        return None
+    local_ids = np.zeros(n_seeds + 1, dtype=np.min_scalar_type(kept.size))
+    local_ids[kept] = np.arange(1, kept.size + 1)
     nonzero = np.flatnonzero(flat)
     values, first = np.unique(flat[nonzero], return_index=True)
     first_local = dict(zip(values.tolist(), nonzero[first].tolist(), strict=True))
     boxes = ndimage.find_objects(grown)
-    full_shape = labels.shape
+    found = _ComponentObjects((z0, z1, y0, y1, x0, x1), local_ids[grown], [], [], [])
     for label in kept.tolist():
         z, y, x = np.unravel_index(first_local[label], grown.shape)
-        objects.first_index.append(int(np.ravel_multi_index((z + z0, y + y0, x + x0), full_shape)))
+        found.first_index.append(int(np.ravel_multi_index((z + z0, y + y0, x + x0), shape)))
         bz, by, bx = boxes[label - 1]
         starts = (bz.start + z0, by.start + y0, bx.start + x0)
         stops = (bz.stop + z0, by.stop + y0, bx.stop + x0)
-        objects.touches_border.append(
-            any(s == 0 for s in starts)
-            or any(e == n for e, n in zip(stops, full_shape, strict=True))
+        found.touches_border.append(
+            any(s == 0 for s in starts) or any(e == n for e, n in zip(stops, shape, strict=True))
         )
-        objects.voxel_counts.append(int(counts[label]))
+        found.voxel_counts.append(int(counts[label]))
+    return found
+
+
+def _commit(labels: np.ndarray, objects: _Objects, found: _ComponentObjects) -> None:
+    """Write one component's objects under the next provisional ids (canonical order later)."""
+    offset = len(objects.first_index)
+    if offset + len(found.first_index) > np.iinfo(np.uint32).max:
+        raise SeglabError(
+            f"more than {np.iinfo(np.uint32).max} objects do not fit uint32 labels",
+            "raise min_size or split the stack into parts",
+        )
+    z0, z1, y0, y1, x0, x1 = found.box
     target = labels[z0:z1, y0:y1, x0:x1]
-    write = provisional[grown]
-    inside = write != 0
-    target[inside] = write[inside]
+    inside = found.ids != 0
+    target[inside] = found.ids[inside].astype(np.uint32) + np.uint32(offset)
+    objects.first_index.extend(found.first_index)
+    objects.touches_border.extend(found.touches_border)
+    objects.voxel_counts.extend(found.voxel_counts)
 
 
 def _relabel(
