@@ -47,6 +47,14 @@ from skimage import measure
 
 from seglab.errors import DataFileError, SeglabError
 from seglab.io.atomic import atomic_file
+from seglab.io.parallel import (
+    Backend,
+    MappedArray,
+    check_backend,
+    mapped_reference,
+    run_in_waves,
+    task_count,
+)
 
 __all__ = [
     "MEASUREMENT_COLUMNS",
@@ -427,6 +435,9 @@ def measure_objects_chunked(
     slab: int = 64,
     progress: ProgressCallback | None = None,
     on_surface: SurfaceCallback | None = None,
+    backend: Backend = "serial",
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> list[ObjectMeasurement]:
     """Measure every labelled object slab by slab; identical to :func:`measure_objects`.
 
@@ -445,7 +456,19 @@ def measure_objects_chunked(
     on_surface : callable, optional
         Called as ``on_surface(label, vertices, faces)`` with each object's closed surface (the
         mesh its area is measured on, as :func:`object_mesh` returns it), e.g. a
-        :meth:`MeshWriter.add`, so that meshes are written without meshing twice.
+        :meth:`MeshWriter.add`, so that meshes are written without meshing twice. Always
+        called in this process, in increasing label order, whatever the backend.
+    backend : {"serial", "dask"}
+        ``"serial"`` (default) measures the objects one after the other in this process.
+        ``"dask"`` measures batches of objects as dask tasks, ``workers`` at a time (see
+        Notes); the result is identical. Needs dask (``pip install 'seglab[dask]'``).
+    workers : int, optional
+        With ``backend="dask"``: batches measured at once (one wave of tasks), and the number
+        of threads or processes. Default: the number of CPUs.
+    scheduler : str, optional
+        With ``backend="dask"``: ``"threads"``, ``"processes"`` or ``"synchronous"``, passed
+        to ``dask.compute``; None (default) uses dask's default, i.e. threads, or the active
+        ``dask.distributed`` client when there is one.
 
     Returns
     -------
@@ -455,7 +478,8 @@ def measure_objects_chunked(
     Raises
     ------
     SeglabError
-        As :func:`measure_objects`, and for a bad ``slab``.
+        As :func:`measure_objects`, for a bad ``slab``, ``backend``, ``workers`` or
+        ``scheduler``, and when ``backend="dask"`` but dask is not installed.
 
     Notes
     -----
@@ -464,6 +488,17 @@ def measure_objects_chunked(
     out of ``labels`` and measures it with the code of :func:`measure_objects`;
     ``touches_border`` is taken against the faces of the whole volume. Memory: one slab (plus
     a ``find_objects`` list as long as the largest label) and one box at a time.
+
+    With ``backend="dask"``, pass 1 runs here as before and pass 2 runs as dask tasks, each
+    measuring a batch of consecutive labels whose boxes hold at most about one slab of voxels,
+    ``workers`` tasks at a time; this process collects the measurements (and, with
+    ``on_surface``, the meshes) of one wave at a time, in label order. A ``labels`` array that
+    is an ``np.memmap`` stored contiguously (``tifffile.memmap``,
+    ``np.lib.format.open_memmap``) is handed to tasks as a file reference (name, dtype, shape,
+    offset) and re-opened read-only there; other arrays are handed over as the batch's box
+    crops (views under the threaded scheduler; pickled copies under a process scheduler or a
+    cluster). On a ``dask.distributed`` cluster the label file must be on a filesystem that
+    every worker sees under the same path.
     """
     array = _check_label_stack(labels)
     spacing = _check_voxel_size(voxel_size)
@@ -471,10 +506,16 @@ def measure_objects_chunked(
     method = _check_method(method)
     if isinstance(slab, bool) or not isinstance(slab, int | np.integer) or slab < 1:
         raise SeglabError(f"slab must be an integer >= 1, got {slab!r}", "pass e.g. slab=64")
+    check_backend(backend, workers, scheduler)
     boxes = _object_boxes(array, int(slab), progress)
     if not any(box is not None for box in boxes):
         return []
-    return _measure_boxes(array, boxes, spacing, unit_axis, method, progress, on_surface)
+    if backend == "serial":
+        return _measure_boxes(array, boxes, spacing, unit_axis, method, progress, on_surface)
+    budget = int(slab) * array.shape[1] * array.shape[2]
+    return _measure_boxes_dask(
+        array, boxes, spacing, unit_axis, method, progress, on_surface, budget, workers, scheduler
+    )
 
 
 def _check_label_stack(labels: Any) -> np.ndarray:
@@ -570,6 +611,96 @@ def _measure_boxes(
         if progress is not None:
             progress("measuring objects", len(results) / total)
     return results
+
+
+def _measure_boxes_dask(
+    array: np.ndarray,
+    boxes: Sequence[tuple[slice, ...] | None],
+    spacing: np.ndarray,
+    unit_axis: np.ndarray,
+    method: str,
+    progress: ProgressCallback | None,
+    on_surface: SurfaceCallback | None,
+    budget: int,
+    workers: int | None,
+    scheduler: str | None,
+) -> list[ObjectMeasurement]:
+    """:func:`_measure_boxes` as dask tasks over batches of consecutive labels."""
+    items = [(index + 1, box) for index, box in enumerate(boxes) if box is not None]
+    volumes = [math.prod(s.stop - s.start for s in box) for _, box in items]
+    # Batches of at most ``budget`` box voxels (one slab), and small enough that every
+    # worker gets a few of them.
+    share = sum(volumes) // (4 * task_count(workers)) + 1
+    limit = max(1, min(budget, share))
+    batches: list[list[tuple[int, tuple[slice, ...]]]] = [[]]
+    held = 0
+    for item, volume in zip(items, volumes, strict=True):
+        if batches[-1] and held + volume > limit:
+            batches.append([])
+            held = 0
+        batches[-1].append(item)
+        held += volume
+    reference = mapped_reference(array)
+    calls = (
+        (
+            _measure_batch_task,
+            (
+                reference,
+                [(label, box, None if reference else array[box]) for label, box in batch],
+                array.shape,
+                spacing,
+                unit_axis,
+                method,
+                on_surface is not None,
+            ),
+        )
+        for batch in batches
+    )
+    results: list[ObjectMeasurement] = []
+    for measured, meshes in run_in_waves(calls, scheduler=scheduler, workers=workers):
+        for position, measurement in enumerate(measured):
+            if on_surface is not None:
+                on_surface(measurement.label, *meshes[position])
+            results.append(measurement)
+        if progress is not None:
+            progress("measuring objects", len(results) / len(items))
+    return results
+
+
+def _measure_batch_task(
+    reference: MappedArray | None,
+    batch: Sequence[tuple[int, tuple[slice, ...], np.ndarray | None]],
+    shape: tuple[int, ...],
+    spacing: np.ndarray,
+    unit_axis: np.ndarray,
+    method: str,
+    meshes: bool,
+) -> tuple[list[ObjectMeasurement], list[tuple[np.ndarray, np.ndarray]] | None]:
+    """Dask task: measure ``(label, box, crop or None)`` items, cropping from ``reference``."""
+    array = reference.open() if reference is not None else None
+    voxel_volume = float(np.prod(spacing))
+    surfaces: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def keep(label: int, vertices: np.ndarray, faces: np.ndarray) -> None:
+        surfaces.append((vertices, faces))
+
+    measured = []
+    for label, box, crop in batch:
+        mask = np.asarray(crop if crop is not None else array[box]) == label
+        measured.append(
+            _measure_one(
+                label,
+                mask,
+                box,
+                shape,
+                spacing,
+                voxel_volume,
+                unit_axis,
+                method,
+                keep if meshes else None,
+            )
+        )
+    return measured, surfaces if meshes else None
 
 
 def rows(measurements: Iterable[ObjectMeasurement]) -> list[dict[str, Any]]:
@@ -811,6 +942,7 @@ def estimate_myofibril_axis(
     sarcomere_range_um: tuple[float, float] = (1.2, 3.5),
     refine: bool = False,
     mask: np.ndarray | None = None,
+    region: np.ndarray | None = None,
 ) -> AxisEstimate:
     """Estimate the myofibril direction of an SEM stack.
 
@@ -831,6 +963,10 @@ def estimate_myofibril_axis(
     mask : (Z, Y, X) ndarray of bool, optional
         Voxels to use for the refinement profile (e.g. the cell without mitochondria, which
         are darker and about as long as a sarcomere, so they blur the Z-disc pattern).
+    region : (Z, Y, X) ndarray of bool, optional
+        Voxels the structure tensor is averaged over, e.g. the cell. It is eroded by three
+        times ``smoothing_um`` first, so the strong gradient across its own boundary (cell
+        membrane, extracellular space) does not count. Without it the whole stack is used.
 
     Returns
     -------
@@ -846,6 +982,8 @@ def estimate_myofibril_axis(
     eigenvalue (the Z-discs add gradient along the axis, but less than the fibril clefts and
     mitochondria add across it; measured on 32 x 128 x 128 SEM phantoms this direction is
     3.5-4.2 degrees off with the default smoothing of 0.1 um, 4-14 degrees with 0.04 um).
+    Extracellular space in the field dominates the tensor (36-87 degrees off on six 32 x 128 x
+    128 phantoms with it); averaging over the eroded cell (``region``) gave 4-10 degrees.
     With ``refine``, directions within 20 degrees of it are searched (coarse to fine) for the
     strongest Z-disc peak in the spectrum of the intensity profile along the direction:
     the Z-discs are sharpest when the profile runs exactly along the axis.
@@ -861,20 +999,34 @@ def estimate_myofibril_axis(
         raise SeglabError(f"smoothing_um must be positive, got {smoothing_um}", "pass e.g. 0.1")
     low, high = _check_range(sarcomere_range_um)
     selected = _check_mask(mask, array.shape)
+    inside = _check_mask(region, array.shape)
+    method = f"structure tensor (smoothing {smoothing_um:g} um), smallest eigenvector"
+    if inside is not None:
+        reach = np.ceil(3.0 * smoothing_um / spacing).astype(int)
+        inside = ndimage.minimum_filter(inside.view(np.uint8), size=tuple(2 * reach + 1)) != 0
+        if not inside.any():
+            raise SeglabError(
+                f"the region is thinner than {2 * 3.0 * smoothing_um:g} um everywhere, so no "
+                "voxel stays away from its boundary",
+                "pass a larger region (e.g. the whole cell) or none",
+            )
+        method += f", inside the region ({100 * inside.mean():.0f} % of the stack)"
     values = _normalised_slices(array)
     smoothed = ndimage.gaussian_filter(values, smoothing_um / spacing)
     gradients = np.gradient(smoothed, *spacing)
     tensor = np.empty((3, 3))
     for i in range(3):
         for j in range(i, 3):
-            tensor[i, j] = tensor[j, i] = float(np.mean(gradients[i] * gradients[j]))
-    del gradients, smoothed
+            product = gradients[i] * gradients[j]
+            tensor[i, j] = tensor[j, i] = float(
+                np.mean(product if inside is None else product[inside])
+            )
+    del gradients, smoothed, product
     eigenvalues, eigenvectors = np.linalg.eigh(tensor)
     axis = eigenvectors[:, 0]
     coherence = float(
         (eigenvalues[1] - eigenvalues[0]) / max(eigenvalues[1] + eigenvalues[0], 1e-30)
     )
-    method = f"structure tensor (smoothing {smoothing_um:g} um), smallest eigenvector"
     if not refine:
         return AxisEstimate(
             axis=tuple(float(v) for v in _sign_fixed(axis)),
@@ -1171,9 +1323,10 @@ def summarise(
         ``(Z, Y, X)`` of the stack.
     voxel_size : tuple of float
         ``(z, y, x)`` in um.
-    cell_mask : (Z, Y, X) ndarray of bool, optional
-        The cell; adds ``volume_fraction_of_cell`` (object volume over cell volume, assuming the
-        objects lie in the cell).
+    cell_mask : (Z, Y, X) ndarray, optional
+        The cell (non-zero voxels; may be a ``np.memmap``, read slab by slab); adds
+        ``volume_fraction_of_cell`` (object volume over cell volume, assuming the objects lie
+        in the cell).
     eccentricity_bins, orientation_bins : sequence of float
         Histogram edges (eccentricity 0..1, orientation 0..90 degrees).
 
@@ -1203,13 +1356,15 @@ def summarise(
     total = float(sum(m.volume_um3 for m in measurements))
     cell_fraction = None
     if cell_mask is not None:
-        mask = np.asarray(cell_mask, dtype=bool)
+        mask = cell_mask if isinstance(cell_mask, np.ndarray) else np.asarray(cell_mask)
         if mask.shape != shape:
             raise SeglabError(
                 f"cell_mask shape {mask.shape} differs from image_shape {shape}",
                 "pass a mask of the same stack",
             )
-        cell_volume = float(np.count_nonzero(mask)) * float(np.prod(spacing))
+        # Slab by slab: a memory-mapped mask of a full stack is never read whole.
+        inside = sum(np.count_nonzero(mask[z : z + 64]) for z in range(0, shape[0], 64))
+        cell_volume = float(inside) * float(np.prod(spacing))
         cell_fraction = total / cell_volume if cell_volume > 0 else math.nan
     eccentricities = np.array([m.eccentricity for m in fitted])
     orientations = np.array([m.orientation_deg for m in fitted])
