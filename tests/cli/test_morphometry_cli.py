@@ -89,6 +89,31 @@ def test_split_then_measure_then_compare(dataset, tmp_path, capsys):
     assert [int(r["count"]) for r in rows] == [89, 58]
 
 
+def test_dask_backend_gives_the_serial_results(dataset, tmp_path, capsys):
+    maps = (dataset / "object.tif", dataset / "contours" / "cellA.tif")
+    for backend in ("serial", "dask"):
+        code, _, err = run(
+            capsys, "morphometry", "split", *maps, "--out", tmp_path / f"{backend}.tif",
+            "--backend", backend, "--workers", "2",
+        )  # fmt: skip
+        assert code == 0, err
+        code, _, err = run(
+            capsys, "morphometry", "measure", tmp_path / f"{backend}.tif",
+            "--out", tmp_path / backend, "--backend", backend, "--workers", "2",
+        )  # fmt: skip
+        assert code == 0, err
+    serial, dask = (read_image(tmp_path / f"{b}.tif").array for b in ("serial", "dask"))
+    assert serial.max() > 10 and np.array_equal(serial, dask)
+    for name in ("instances.csv", "meshes/model.ply"):
+        assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "dask" / name).read_bytes()
+    summaries = [
+        json.loads((tmp_path / b / "summary.json").read_text()) for b in ("serial", "dask")
+    ]
+    assert summaries[0].pop("voxel_size_source") == "read from serial.tif"
+    assert summaries[1].pop("voxel_size_source") == "read from dask.tif"
+    assert summaries[0] == summaries[1]
+
+
 def test_split_with_2d_mode_and_other_thresholds(dataset, tmp_path, capsys):
     code, text, err = run(
         capsys, "morphometry", "split", dataset / "object.tif", dataset / "contours" / "cellA.tif",
@@ -107,6 +132,8 @@ def test_split_with_2d_mode_and_other_thresholds(dataset, tmp_path, capsys):
         (["measure", "LABELS", "--voxel-size", "0.1", "-1", "0.04"], "voxel size must be three"),
         (["measure", "MISSING"], "not found"),
         (["measure", "LABELS", "--image", "SMALL"], "image has shape"),
+        (["measure", "LABELS", "--cell-mask", "SMALL"], "cell mask has shape"),
+        (["measure", "LABELS", "--cell-mask", "MISSING"], "not found"),
         (["split", "OBJECT", "SMALL"], "differ in shape"),
         (["compare", "MISSING"], "does not exist"),
     ],
@@ -127,6 +154,19 @@ def test_bad_input_is_a_one_line_error(dataset, tmp_path, capsys, args, message)
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["measure", "L", "--backend", "ray"], "Invalid value for '--backend'"),
+        (["split", "O", "C", "--workers", "0"], "Invalid value for '--workers'"),
+    ],
+)
+def test_bad_backend_options_are_usage_errors(tmp_path, capsys, args, message):
+    code, _, err = run(capsys, "morphometry", *args, "--out", tmp_path / "out")
+    assert code == 2 and message in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_run_with_a_registered_model(tmp_path, capsys, register_tiny_mito_model):
     from seglab.phantoms.sem import make_sem_phantom
     from seglab.tracking.store import resolve_store
@@ -140,16 +180,18 @@ def test_run_with_a_registered_model(tmp_path, capsys, register_tiny_mito_model)
     assert code == 0, err
     phantom = make_sem_phantom(shape=(8, 64, 64), seed=2)
     stack = write_image(tmp_path / "stack.tif", phantom.image, axes="ZYX")
+    cell = write_image(tmp_path / "cell.tif", phantom.cell_mask.astype(np.uint8), axes="ZYX")
     out = tmp_path / "out"
     code, text, err = run(
         capsys, "morphometry", "run", stack, "--model", "models:/mito-cli@champion",
         "--voxel-size", "0.1", "0.04", "0.04", "--axis", "0", "0", "1", "--out", out,
         "--store", store, "--object-threshold", "1", "--contour-threshold", "255",
-        "--min-size", "1", "--meshes", "none",
+        "--min-size", "1", "--meshes", "none", "--cell-mask", cell,
     )  # fmt: skip
     assert code == 0, err
     assert "mito-cli version 1 on stack.tif" in text and "logged as run" in text
     assert "(0.000, 0.000, 1.000), given" in text
+    assert "volume fraction of the cell:" in text
     for name in ("object.tif", "contour.tif", "labels.tif", "instances.csv", "summary.json"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
@@ -162,6 +204,11 @@ def test_run_with_a_registered_model(tmp_path, capsys, register_tiny_mito_model)
         )
     )
     assert [r.data.tags["seglab.model"] for r in runs] == ["mito-cli/1"]
+    cell_fraction = summary["volume_fraction_of_cell"]
+    inside = np.count_nonzero(phantom.cell_mask) * 0.1 * 0.04 * 0.04
+    assert cell_fraction == pytest.approx(summary["total_volume_um3"] / inside)
+    assert runs[0].data.metrics["volume_fraction_of_cell"] == pytest.approx(cell_fraction)
+    assert runs[0].data.params["cell_mask"] == str(cell)
 
     code, _, err = run(
         capsys, "morphometry", "run", stack, "--model", "models:/mito-cli@champion",

@@ -9,7 +9,8 @@ import pytest
 
 from seglab.errors import DataFileError, OutputExistsError, SeglabError
 from seglab.instances import SplitParams, instance_f1, split_instances
-from seglab.io.images import read_image, write_image
+from seglab.io.images import read_image, read_stack_memmap, write_image
+from seglab.metrics import probability_to_uint8
 from seglab.morphometry import MEASUREMENT_COLUMNS, TABLE3_COLUMNS
 from seglab.phantoms.sem import ideal_probability_maps, make_sem_phantom
 from seglab.workflows import morphometry as workflow
@@ -117,6 +118,26 @@ def test_measure_with_a_cell_mask_reports_the_fraction_of_the_cell(phantom, tmp_
     )
     expected = np.count_nonzero(phantom.instances) / np.count_nonzero(cell)
     assert result.values["volume_fraction_of_cell"] == pytest.approx(expected)
+
+
+def test_measure_with_a_cell_mask_estimates_the_axis_inside_the_cell(tmp_path):
+    cell = make_sem_phantom(shape=(32, 128, 128), cell="B", seed=1, extracellular=True)
+    mask = write_image(tmp_path / "cell.tif", cell.cell_mask.astype(np.uint8), axes="ZYX")
+    common = dict(image=cell.image, meshes="none")
+    without = measure_stack(cell.instances, cell.voxel_size, tmp_path / "a", **common)
+    within = measure_stack(
+        cell.instances, cell.voxel_size, tmp_path / "b", cell_mask=mask, **common
+    )
+
+    def error(values):
+        return math.degrees(math.acos(min(1.0, abs(values["axis"][2]))))
+
+    # Measured: 76.4 degrees off over the whole stack, 9.7 inside the cell.
+    assert error(without.values) > 45 and error(within.values) < 12
+    assert "inside the region" in within.values["axis_source"]
+    assert within.values["sarcomere_source"].endswith("outside the objects, inside the cell")
+    assert within.values["sarcomere_length_um"] == pytest.approx(2.0, abs=0.2)
+    assert within.values["volume_fraction_of_cell"] == pytest.approx(cell.volume_fraction, rel=0.02)
 
 
 def test_measure_empty_volume(tmp_path):
@@ -374,6 +395,107 @@ def test_run_segments_splits_measures_and_logs(tmp_path, monkeypatch, register_t
     assert {"morphometry/instances.csv", "morphometry/summary.json"} <= artifacts
     figures = client.list_artifacts(result.run_id, "morphometry/figures")
     assert len(figures) == 4
+
+
+def _ensemble_runner(remap):
+    """A real 2.5D ensemble (3- and 5-slice U-Nets, untrained) as run_morphometry loads it."""
+    import torch
+
+    from seglab.models.pyfunc import BundleRunner, MemberSettings, ModelSettings
+    from seglab.networks.factory import build_network
+
+    tiny = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
+    torch.manual_seed(0)
+    runner = BundleRunner()
+    runner.settings = ModelSettings(
+        bundle="mito",
+        kind="binary",
+        class_names=["background", "interior", "contour"],
+        in_channels=1,
+        members=[MemberSettings("unet", tiny, 3), MemberSettings("unet", tiny, 5)],
+        foreground_classes=[1, 2],
+        tiling_preset="no-overlap",
+        tile_batch_size=4,
+        intensity_remap=remap,
+        reference_peaks=(100.0, 180.0) if remap else None,
+    )
+    runner.networks = [build_network("unet", n, 3, {"unet": tiny}).eval() for n in (3, 5)]
+    return runner
+
+
+@pytest.mark.parametrize("remap", [False, True])
+def test_slab_wise_maps_equal_the_whole_stack_prediction(remap, tmp_path):
+    runner = _ensemble_runner(remap)
+    stack = make_sem_phantom(shape=(11, 32, 32), seed=4).image
+    whole = runner.probabilities(stack, stack=True)  # (Z, K, Y, X), 5-slice halo mirrored
+    expected_object = probability_to_uint8(runner.object_probability(whole, class_axis=1))
+    expected_contour = probability_to_uint8(whole[:, 2])
+    write_image(tmp_path / "stack.tif", stack, (0.05, 0.01, 0.01), axes="ZYX")
+    mapped = read_stack_memmap(tmp_path / "stack.tif").array
+    for slab in (1, 4, 11, 50):
+        object_map = np.full(stack.shape, 7, np.uint8)
+        contour_map = np.full(stack.shape, 7, np.uint8)
+        seen: list[tuple] = []
+        workflow.predict_maps(
+            runner,
+            mapped,
+            object_map,
+            contour_map,
+            slab=slab,
+            progress=lambda phase, fraction, seen=seen: seen.append((phase, fraction)),
+        )
+        # Batches of other sizes may move a float by one rounding step: at most 1 grey level.
+        assert np.abs(object_map.astype(int) - expected_object).max() <= 1, slab
+        assert np.abs(contour_map.astype(int) - expected_contour).max() <= 1, slab
+        assert np.mean(object_map == expected_object) > 0.999
+        assert seen[-1] == ("segmenting", 1.0)
+
+
+def test_predict_maps_rejects_a_model_without_contours():
+    import dataclasses
+
+    runner = _ensemble_runner(False)
+    runner.settings = dataclasses.replace(
+        runner.settings, class_names=["background", "mito", "other"]
+    )
+    maps = np.zeros((3, 8, 8), np.uint8)
+    with pytest.raises(SeglabError, match="'contour' class"):
+        workflow.predict_maps(runner, maps, maps.copy(), maps.copy())
+    with pytest.raises(SeglabError, match="slab must be"):
+        workflow.predict_maps(_ensemble_runner(False), maps, maps.copy(), maps.copy(), slab=0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        ((8, 64, 64), ((0, 8), (0, 64), (0, 64))),
+        ((690, 1024, 1024), ((337, 353), (0, 1024), (0, 1024))),
+        ((100, 4096, 2048), ((42, 58), (1536, 2560), (512, 1536))),
+        ((5, 4096, 4096), ((0, 5), (1132, 2963), (1132, 2963))),
+    ],
+)
+def test_estimation_block_is_central_and_bounded(shape, expected):
+    block = workflow._estimation_block(shape)
+    assert tuple((s.start, s.stop) for s in block) == expected
+    size = np.prod([s.stop - s.start for s in block])
+    assert size == np.prod(shape) or size <= workflow.ESTIMATE_VOXELS
+
+
+def test_a_large_stack_estimates_axis_and_sarcomere_on_a_central_block(
+    phantom, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(workflow, "ESTIMATE_VOXELS", phantom.instances.size // 3)
+    monkeypatch.setattr(workflow, "ESTIMATE_MIN_SLICES", 8)
+    result = measure_stack(
+        phantom.instances, phantom.voxel_size, tmp_path / "out", image=phantom.image, meshes="none"
+    )
+    block = result.values["estimated_on"]
+    depth = phantom.instances.shape[0]
+    assert block["z"][1] - block["z"][0] < depth
+    assert block["z"][0] + block["z"][1] in (depth - 1, depth, depth + 1)  # centred
+    assert block["y"] == [0, 128] and block["x"] == [0, 128]
+    assert math.degrees(math.acos(abs(result.values["axis"][2]))) < 3.0
+    assert result.values["sarcomere_length_um"] == pytest.approx(2.0, abs=0.15)
 
 
 def test_run_rejects_a_zero_voxel_size_before_loading_the_model(tmp_path):

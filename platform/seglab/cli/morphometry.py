@@ -53,6 +53,13 @@ AxisOption = Annotated[
     ),
 ]
 OutDirOption = Annotated[Path, typer.Option("--out", help="New folder for the outputs.")]
+CellMaskOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--cell-mask",
+        help="Stack of the cell (non-zero inside): adds the volume fraction of the cell.",
+    ),
+]
 MeshOption = Annotated[MeshFormat, typer.Option(help="Mesh format, or none.")]
 MethodOption = Annotated[FitMethod, typer.Option(help="Spheroid fit.")]
 OverwriteOption = Annotated[
@@ -67,6 +74,32 @@ SeedLevel = Annotated[
 ]
 MinSize = Annotated[int, typer.Option(help="Smallest object kept, in voxels.")]
 ModeOption = Annotated[SplitMode, typer.Option("--mode", help="3d or 2d splitting.")]
+
+
+class Backend(StrEnum):
+    """How the slabs and objects are processed: in this process, or as dask tasks."""
+
+    serial = "serial"
+    dask = "dask"
+
+
+BackendOption = Annotated[
+    Backend,
+    typer.Option(
+        help="serial, or dask (slabs and objects as parallel local processes; same results; "
+        "needs pip install 'seglab[dask]').",
+    ),
+]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(min=1, help="Processes with --backend dask (default: the number of CPUs)."),
+]
+
+
+def _parallel(backend: Backend, workers: int | None):  # noqa: ANN202 - imported lazily
+    from seglab.workflows.morphometry import Parallelism
+
+    return Parallelism(backend.value, workers)
 
 
 def _split_params(
@@ -98,6 +131,7 @@ def run(
     out: OutDirOption,
     voxel_size: VoxelSizeOption = None,
     axis: AxisOption = None,
+    cell_mask: CellMaskOption = None,
     tta: Annotated[
         str, typer.Option(help="Test-time augmentation over rotations/flips: off, flips or all.")
     ] = "off",
@@ -113,6 +147,8 @@ def run(
     mode: ModeOption = SplitMode.three_d,
     method: MethodOption = FitMethod.moments,
     meshes: MeshOption = MeshFormat.ply,
+    backend: BackendOption = Backend.serial,
+    workers: WorkersOption = None,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Segment a stack with a registered mito model, split it into objects and measure them."""
@@ -127,11 +163,13 @@ def run(
         voxel_size,
         out,
         axis=axis,
+        cell_mask=cell_mask,
         split_params=params,
         tta=tta,
         method=method.value,
         meshes=meshes.value,
         overwrite=overwrite,
+        parallel=_parallel(backend, workers),
     )
     typer.echo(result.report())
     typer.echo(f"logged as run {result.run_id} (experiment morphometry)")
@@ -149,6 +187,8 @@ def split(
     min_size: MinSize = 50,
     mode: ModeOption = SplitMode.three_d,
     voxel_size: VoxelSizeOption = None,
+    backend: BackendOption = Backend.serial,
+    workers: WorkersOption = None,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Split object and contour probability maps into labelled mitochondria."""
@@ -156,7 +196,13 @@ def split(
 
     params = _split_params(object_threshold, contour_threshold, sigma, seed_level, min_size, mode)
     result = split_stack(
-        object_map, contour_map, out, params, voxel_size=voxel_size, overwrite=overwrite
+        object_map,
+        contour_map,
+        out,
+        params,
+        voxel_size=voxel_size,
+        overwrite=overwrite,
+        parallel=_parallel(backend, workers),
     )
     typer.echo(result.report())
 
@@ -171,8 +217,11 @@ def measure(
         Path | None,
         typer.Option(help="SEM stack: gives the myofibril axis and the sarcomere length."),
     ] = None,
+    cell_mask: CellMaskOption = None,
     method: MethodOption = FitMethod.moments,
     meshes: MeshOption = MeshFormat.ply,
+    backend: BackendOption = Backend.serial,
+    workers: WorkersOption = None,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Measure labelled objects: volumes, surfaces, spheroid fits, summary, figures, meshes."""
@@ -184,9 +233,11 @@ def measure(
         out,
         axis=axis,
         image=image,
+        cell_mask=cell_mask,
         method=method.value,
         meshes=meshes.value,
         overwrite=overwrite,
+        parallel=_parallel(backend, workers),
     )
     typer.echo(result.report())
 

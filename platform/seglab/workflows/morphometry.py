@@ -33,10 +33,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from seglab.d4 import D4_SUBSETS
 from seglab.errors import DataFileError, SeglabError
 from seglab.instances import SplitParams, SplitResult, split_instances_chunked
 from seglab.io.atomic import atomic_directory
 from seglab.io.images import Image, read_image, read_stack_memmap, write_image
+from seglab.io.parallel import check_backend
 from seglab.metrics import probability_to_uint8
 from seglab.morphometry import (
     MEASUREMENT_COLUMNS,
@@ -61,9 +63,11 @@ from seglab.workflows._outputs import (
 __all__ = [
     "MORPHOMETRY_EXPERIMENT",
     "MorphometryResult",
+    "Parallelism",
     "compare_summaries",
     "measure_stack",
     "postprocess_stack",
+    "predict_maps",
     "run_morphometry",
     "split_stack",
 ]
@@ -78,8 +82,49 @@ DEFAULT_AXIS = (0.0, 0.0, 1.0)
 MEMMAP_VOXELS = 64 * 1024 * 1024
 #: Slices per slab of the chunked splitting and measuring.
 SPLIT_SLAB = 64
+#: Slices segmented at a time by :func:`run_morphometry` (plus the model's adjacent slices).
+PREDICT_SLAB = 16
+#: Largest central block (voxels) of the image that the axis and sarcomere estimates read;
+#: 16 full 1024 x 1024 slices, about 0.7 GiB of working memory for the structure tensor.
+ESTIMATE_VOXELS = 16 * 1024 * 1024
+#: Fewest slices of that block (the structure tensor and its smoothing need depth).
+ESTIMATE_MIN_SLICES = 16
 
 ProgressCallback = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """How the chunked splitting and measuring run: in this process, or as dask tasks.
+
+    Attributes
+    ----------
+    backend : {"serial", "dask"}
+        ``"dask"`` runs the slabs of the split and the batches of objects of the measurement
+        as dask tasks (:mod:`seglab.io.parallel`); results are identical to serial.
+    workers : int or None
+        Tasks in flight at once (and pool size); None: the number of CPUs.
+    scheduler : str or None
+        dask scheduler: ``"processes"`` (default), ``"threads"``, ``"synchronous"``, or None
+        for dask's default, which is the active ``dask.distributed`` client when there is one
+        (a cluster: the stack's files must then be on a filesystem every worker sees).
+    """
+
+    backend: str = "serial"
+    workers: int | None = None
+    scheduler: str | None = "processes"
+
+    def __post_init__(self) -> None:
+        check_backend(self.backend, self.workers, self.scheduler)
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of the chunked engines."""
+        if self.backend == "serial":
+            return {}
+        return {"backend": "dask", "workers": self.workers, "scheduler": self.scheduler}
+
+
+SERIAL = Parallelism()
 
 
 @dataclass
@@ -240,8 +285,9 @@ def measure_stack(
     image: ArrayOrPath | None = None,
     method: str = "moments",
     meshes: MeshFormat = "ply",
-    cell_mask: np.ndarray | None = None,
+    cell_mask: ArrayOrPath | None = None,
     overwrite: bool = False,
+    parallel: Parallelism | None = None,
 ) -> MorphometryResult:
     """Measure every object of a label volume and write the morphometry folder.
 
@@ -266,10 +312,13 @@ def measure_stack(
         Spheroid fit (:func:`seglab.morphometry.measure_objects`).
     meshes : {"ply", "obj", "stl", "none"}
         Mesh format, or no meshes.
-    cell_mask : (Z, Y, X) ndarray of bool, optional
-        The cell; adds the volume fraction of the cell.
+    cell_mask : (Z, Y, X) ndarray or path, optional
+        The cell (non-zero voxels) or a stack file holding it; adds the volume fraction of the
+        cell, and restricts the sarcomere estimate to the cell's myofibrils.
     overwrite : bool
         Whether an existing non-empty ``out_dir`` is replaced.
+    parallel : Parallelism, optional
+        Serial (default) or dask tasks for the chunked steps; the same results either way.
 
     Returns
     -------
@@ -283,10 +332,10 @@ def measure_stack(
     DataFileError
         Missing or unreadable files.
     """
-    if meshes not in ("ply", "obj", "stl", "none"):
-        raise SeglabError(f"unknown mesh format {meshes!r}", "use ply, obj, stl or none")
+    _check_meshes(meshes)
     label_image = _stack(labels, "labels", memmap=True)
-    grey = _stack(image, "image") if image is not None else None
+    grey = _stack(image, "image", memmap=True) if image is not None else None
+    cell = _stack(cell_mask, "cell mask", memmap=True) if cell_mask is not None else None
     if voxel_size is None and label_image.spacing is None and grey is not None:
         spacing, source = _voxel_size(None, grey, "the image")
     else:
@@ -302,9 +351,10 @@ def measure_stack(
             image=None if grey is None else grey.array,
             method=method,
             meshes=meshes,
-            cell_mask=cell_mask,
+            cell_mask=None if cell is None else cell.array,
             extra={"voxel_size_source": source},
             progress=report,
+            parallel=parallel or SERIAL,
         )
     result = MorphometryResult(f"measured {values['count']} objects", out, values=values)
     result.lines = _summary_lines(values)
@@ -326,6 +376,7 @@ def _write_measurements(
     write_labels: bool = True,
     progress: ProgressCallback | None = None,
     timings: dict[str, float] | None = None,
+    parallel: Parallelism = SERIAL,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Measure and write into ``folder``; return summary.json's content and relative outputs.
 
@@ -342,6 +393,9 @@ def _write_measurements(
         _same_shape(labels.shape, image.shape, "image")
     if cell_mask is not None:
         _same_shape(labels.shape, np.shape(cell_mask), "cell mask")
+    block = _estimation_block(labels.shape)
+    grey = None if image is None else np.asarray(image[block])
+    cell = None if cell_mask is None or grey is None else np.asarray(cell_mask[block]) != 0
     axis_info: dict[str, Any]
     if axis is not None:
         unit = np.asarray(axis, dtype=float).reshape(-1)
@@ -352,8 +406,9 @@ def _write_measurements(
                 "pass e.g. --axis 0 0 1 for myofibrils along x",
             )
         axis_info = {"axis": [float(v) for v in unit / norm], "axis_source": "given"}
-    elif image is not None:
-        estimate = estimate_myofibril_axis(image, voxel_size)
+    elif grey is not None:
+        # Inside the cell only: extracellular space would dominate the structure tensor.
+        estimate = estimate_myofibril_axis(grey, voxel_size, region=cell)
         axis_info = {
             "axis": list(estimate.axis),
             "axis_source": f"estimated: {estimate.method}, coherence {estimate.confidence:.3f}",
@@ -365,20 +420,36 @@ def _write_measurements(
             "axis_source": "default: along x (no axis given and no image to estimate it from)",
         }
     sarcomere: dict[str, Any] = {"sarcomere_length_um": None}
-    background = labels == 0
-    if image is not None and background.any():
-        found = estimate_sarcomere_length(image, voxel_size, axis_info["axis"], mask=background)
-        sarcomere = {
-            "sarcomere_length_um": found.length_um,
-            "sarcomere_source": f"estimated: {found.method}, outside the objects",
-            "sarcomere_peak_ratio": found.peak_ratio,
-        }
-    del background
+    if grey is not None:
+        # Myofibril voxels: outside the objects, and inside the cell when a mask is given.
+        background = np.asarray(labels[block]) == 0
+        where = "outside the objects"
+        if cell is not None:
+            background &= cell
+            where += ", inside the cell"
+        if background.any():
+            found = estimate_sarcomere_length(grey, voxel_size, axis_info["axis"], mask=background)
+            sarcomere = {
+                "sarcomere_length_um": found.length_um,
+                "sarcomere_source": f"estimated: {found.method}, {where}",
+                "sarcomere_peak_ratio": found.peak_ratio,
+            }
+        del background
+    if grey is not None and grey.shape != labels.shape:
+        extent = [[int(s.start), int(s.stop)] for s in block]
+        axis_info["estimated_on"] = {"z": extent[0], "y": extent[1], "x": extent[2]}
+    del grey, cell
     started = time.perf_counter()
     outputs: dict[str, Path] = {}
     if meshes == "none":
         measurements = measure_objects_chunked(
-            labels, voxel_size, axis_info["axis"], method=method, slab=SPLIT_SLAB, progress=pages
+            labels,
+            voxel_size,
+            axis_info["axis"],
+            method=method,
+            slab=SPLIT_SLAB,
+            progress=pages,
+            **parallel.options(),
         )
         timings["measuring"] = time.perf_counter() - started
     else:
@@ -394,6 +465,7 @@ def _write_measurements(
                 slab=SPLIT_SLAB,
                 progress=pages,
                 on_surface=mesh_writer.add,
+                **parallel.options(),
             )
         timings["measuring and meshes"] = time.perf_counter() - started
         outputs["meshes"] = Path("meshes")
@@ -421,6 +493,28 @@ def _write_measurements(
     outputs["figures"] = Path("figures")
     _drop_resident_pages(labels)
     return values, outputs
+
+
+def _estimation_block(shape: Sequence[int]) -> tuple[slice, slice, slice]:
+    """Central block of a ``(Z, Y, X)`` stack read by the axis and sarcomere estimates.
+
+    The whole stack when it has at most :data:`ESTIMATE_VOXELS` voxels; else full slices
+    around the middle (at least :data:`ESTIMATE_MIN_SLICES`), cropped to a central square
+    when even that many full slices are too large. Memory stays bounded at any stack size and
+    the estimates see the middle of the stack, where the cell usually is.
+    """
+    depth, height, width = (int(n) for n in shape)
+    if depth * height * width <= ESTIMATE_VOXELS:
+        return (slice(0, depth), slice(0, height), slice(0, width))
+    slices = min(depth, max(ESTIMATE_MIN_SLICES, ESTIMATE_VOXELS // max(1, height * width)))
+    side = int(math.isqrt(ESTIMATE_VOXELS // slices))
+    rows_, cols = min(height, side), min(width, side)
+
+    def centred(size: int, keep: int) -> slice:
+        start = (size - keep) // 2
+        return slice(start, start + keep)
+
+    return (centred(depth, slices), centred(height, rows_), centred(width, cols))
 
 
 def _label_dtype(top: int) -> np.dtype:
@@ -542,6 +636,7 @@ def _split_to_file(
     *,
     slab: int | None = None,
     progress: ProgressCallback | None = None,
+    parallel: Parallelism = SERIAL,
 ) -> SplitResult:
     """Split (chunked) and write the labels TIFF (uint16 when the count fits, else uint32).
 
@@ -556,7 +651,7 @@ def _split_to_file(
     ):
         if int(np.prod(shape)) <= MEMMAP_VOXELS:
             result = split_instances_chunked(
-                object_map, contour_map, params, slab=slab, progress=report
+                object_map, contour_map, params, slab=slab, progress=report, **parallel.options()
             )
             result.labels = result.labels.astype(_label_dtype(result.count), copy=False)
             write_image(out_path, result.labels, voxel_size, axes="ZYX")
@@ -566,7 +661,13 @@ def _split_to_file(
         )
         pages = _PageDropper(report, object_map, contour_map, out)
         result = split_instances_chunked(
-            object_map, contour_map, params, slab=slab, out=out, progress=pages
+            object_map,
+            contour_map,
+            params,
+            slab=slab,
+            out=out,
+            progress=pages,
+            **parallel.options(),
         )
         _drop_resident_pages(object_map, contour_map)
         result.labels = np.zeros(0, dtype=np.uint32)
@@ -585,6 +686,7 @@ def split_stack(
     *,
     voxel_size: Sequence[float] | None = None,
     overwrite: bool = False,
+    parallel: Parallelism | None = None,
 ) -> MorphometryResult:
     """Split object and contour probability maps into a labels TIFF (study B).
 
@@ -601,6 +703,8 @@ def split_stack(
         ``(z, y, x)`` in um stored in the TIFF; defaults to the object map file's, if any.
     overwrite : bool
         Whether an existing ``out_path`` is replaced.
+    parallel : Parallelism, optional
+        Serial (default) or dask tasks for the chunked steps; the same results either way.
 
     Returns
     -------
@@ -625,7 +729,9 @@ def split_stack(
     else:
         spacing, source = None, "unknown"
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = _split_to_file(objects.array, contours.array, out, params, spacing)
+    result = _split_to_file(
+        objects.array, contours.array, out, params, spacing, parallel=parallel or SERIAL
+    )
     interior = int(np.count_nonzero(~result.touches_border))
     values = {
         "count": result.count,
@@ -651,12 +757,15 @@ def postprocess_stack(
     out_dir: str | os.PathLike[str],
     *,
     axis: Sequence[float] | None = None,
+    image: ArrayOrPath | None = None,
+    cell_mask: ArrayOrPath | None = None,
     params: SplitParams | None = None,
     method: str = "moments",
     meshes: MeshFormat = "ply",
     slab: int = SPLIT_SLAB,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    parallel: Parallelism | None = None,
 ) -> MorphometryResult:
     """Go from probability maps on disk to the morphometry folder with bounded memory.
 
@@ -678,7 +787,11 @@ def postprocess_stack(
         uint32 above 65535 objects), ``instances.csv``, ``summary.json`` (with the split
         parameters), ``figures/`` and ``meshes/``.
     axis : tuple of float, optional
-        ``(z, y, x)`` myofibril direction; along x when omitted (there is no image here).
+        ``(z, y, x)`` myofibril direction; estimated from ``image`` when omitted, else along x.
+    image : (Z, Y, X) ndarray or path, optional
+        The SEM stack the maps come from: the axis (when not given) and the sarcomere length.
+    cell_mask : (Z, Y, X) ndarray or path, optional
+        The cell (non-zero voxels): adds the volume fraction of the cell.
     params : SplitParams, optional
         Thresholds, blur, seed level, minimum size and mode.
     method : {"moments", "published"}
@@ -692,6 +805,8 @@ def postprocess_stack(
         Whether an existing non-empty ``out_dir`` is replaced.
     progress : callable, optional
         ``progress(phase, fraction)`` for each phase; progress bars on stderr when omitted.
+    parallel : Parallelism, optional
+        Serial (default) or dask tasks for the chunked steps; the same results either way.
 
     Returns
     -------
@@ -706,53 +821,104 @@ def postprocess_stack(
         Missing or unreadable files.
     """
     params = params if params is not None else SplitParams()
-    if meshes not in ("ply", "obj", "stl", "none"):
-        raise SeglabError(f"unknown mesh format {meshes!r}", "use ply, obj, stl or none")
-    if isinstance(slab, bool) or not isinstance(slab, int | np.integer) or slab < 1:
-        raise SeglabError(f"slab must be an integer >= 1, got {slab!r}", "pass e.g. slab=64")
+    _check_meshes(meshes)
+    _check_slab(slab)
     objects = _stack(object_map, "object map", memmap=True)
     contours = _stack(contour_map, "contour map", memmap=True)
     spacing, source = _voxel_size(voxel_size, objects, "the object map")
-    split_values = {k: getattr(params, k) for k in params.__dataclass_fields__}
+    grey = _stack(image, "image", memmap=True) if image is not None else None
+    cell = _stack(cell_mask, "cell mask", memmap=True) if cell_mask is not None else None
     timings: dict[str, float] = {}
     out = Path(out_dir)
     with atomic_directory(out, overwrite=overwrite) as tmp, _progress_or(progress) as report:
-        started = time.perf_counter()
-        split = _split_to_file(
+        values, outputs = _maps_to_folder(
+            tmp,
             objects.array,
             contours.array,
-            tmp / "labels.tif",
+            spacing,
             params,
-            spacing,
             slab=int(slab),
-            progress=report,
-        )
-        timings["splitting and labels.tif"] = time.perf_counter() - started
-        del objects, contours
-        labels = split.labels
-        del split
-        values, outputs = _write_measurements(
-            tmp,
-            labels,
-            spacing,
             axis=axis,
-            image=None,
+            image=None if grey is None else grey.array,
+            cell_mask=None if cell is None else cell.array,
             method=method,
             meshes=meshes,
-            cell_mask=None,
-            extra={"voxel_size_source": source, "split": split_values},
-            write_labels=False,
+            extra={"voxel_size_source": source},
             progress=report,
             timings=timings,
+            parallel=parallel or SERIAL,
         )
-        _drop_resident_pages(labels)
-        del labels
+        del objects, contours
     result = MorphometryResult(
         f"split and measured {values['count']} objects", out, values=values, timings_s=timings
     )
     result.lines = _summary_lines(values)
-    result.outputs = {"labels": out / "labels.tif", **{k: out / r for k, r in outputs.items()}}
+    result.outputs = {k: out / r for k, r in outputs.items()}
     return result
+
+
+def _check_meshes(meshes: str) -> None:
+    if meshes not in ("ply", "obj", "stl", "none"):
+        raise SeglabError(f"unknown mesh format {meshes!r}", "use ply, obj, stl or none")
+
+
+def _check_slab(slab: Any) -> None:
+    if isinstance(slab, bool) or not isinstance(slab, int | np.integer) or slab < 1:
+        raise SeglabError(f"slab must be an integer >= 1, got {slab!r}", "pass e.g. slab=64")
+
+
+def _maps_to_folder(
+    folder: Path,
+    object_map: np.ndarray,
+    contour_map: np.ndarray,
+    voxel_size: tuple[float, float, float],
+    params: SplitParams,
+    *,
+    slab: int,
+    axis: Sequence[float] | None,
+    image: np.ndarray | None,
+    cell_mask: np.ndarray | None,
+    method: str,
+    meshes: MeshFormat,
+    extra: dict[str, Any],
+    progress: ProgressCallback,
+    timings: dict[str, float],
+    parallel: Parallelism,
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Split maps into ``folder/labels.tif`` and measure it there (memory-mapped above a size)."""
+    started = time.perf_counter()
+    split = _split_to_file(
+        object_map,
+        contour_map,
+        folder / "labels.tif",
+        params,
+        voxel_size,
+        slab=slab,
+        progress=progress,
+        parallel=parallel,
+    )
+    timings["splitting and labels.tif"] = time.perf_counter() - started
+    labels = split.labels
+    del split
+    split_values = {k: getattr(params, k) for k in params.__dataclass_fields__}
+    values, outputs = _write_measurements(
+        folder,
+        labels,
+        voxel_size,
+        axis=axis,
+        image=image,
+        method=method,
+        meshes=meshes,
+        cell_mask=cell_mask,
+        extra={**extra, "split": split_values},
+        write_labels=False,
+        progress=progress,
+        timings=timings,
+        parallel=parallel,
+    )
+    _drop_resident_pages(labels)
+    del labels
+    return values, {"labels": Path("labels.tif"), **outputs}
 
 
 # --------------------------------------------------------------------------------------------
@@ -760,8 +926,8 @@ def postprocess_stack(
 # --------------------------------------------------------------------------------------------
 
 
-def _model_maps(model: Any, stack: np.ndarray, tta: str) -> tuple[np.ndarray, np.ndarray]:
-    """Object and contour probability maps, uint8 0..255, of a binary mito model."""
+def _mito_model_classes(model: Any) -> tuple[int, int]:
+    """Return ``(contour class index, adjacent-slice halo)`` of a binary mito model."""
     settings = model.settings
     if settings is None or settings.kind != "binary" or "contour" not in settings.class_names:
         kind = None if settings is None else settings.kind
@@ -776,11 +942,58 @@ def _model_maps(model: Any, stack: np.ndarray, tta: str) -> tuple[np.ndarray, np
             f"the model takes {settings.in_channels}-channel images, not SEM stacks",
             "pass a model trained with `seglab train mito`",
         )
-    probabilities = model.probabilities(stack, stack=True, tta=tta)  # (Z, K, H, W)
-    contour_index = settings.class_names.index("contour")
-    object_map = probability_to_uint8(model.object_probability(probabilities, class_axis=1))
-    contour_map = probability_to_uint8(probabilities[:, contour_index])
-    return object_map, contour_map
+    halo = max(int(member.num_slices) for member in settings.members) // 2
+    return settings.class_names.index("contour"), halo
+
+
+def predict_maps(
+    model: Any,
+    stack: np.ndarray,
+    object_out: np.ndarray,
+    contour_out: np.ndarray,
+    *,
+    tta: str = "off",
+    slab: int = PREDICT_SLAB,
+    progress: ProgressCallback | None = None,
+) -> None:
+    """Segment a stack slab by slab into object and contour probability maps.
+
+    Each slab of ``slab`` slices is read with the model's adjacent slices on either side (the
+    halo a 3- or 5-slice member needs), predicted, and its own slices are written; slices at
+    the ends of the stack are mirrored as in a whole-stack prediction. The intensity remap is
+    per slice. The maps are therefore those of one whole-stack prediction, with memory bounded
+    by one slab of class probabilities (about ``(slab + 4) * K * Y * X * 8`` bytes).
+
+    Parameters
+    ----------
+    model : BundleRunner
+        A loaded binary mitochondria model (classes background, interior, contour).
+    stack : (Z, Y, X) ndarray
+        Raw SEM grey levels; may be a ``np.memmap`` (read one slab at a time).
+    object_out, contour_out : (Z, Y, X) ndarray of uint8
+        Receive the object (foreground classes summed) and contour probabilities, 0..255;
+        may be ``np.memmap`` files.
+    tta : {"off", "flips", "all"}
+        Test-time augmentation.
+    slab : int
+        Slices predicted at a time (>= 1).
+    progress : callable, optional
+        ``progress("segmenting", fraction)`` after each slab.
+    """
+    contour_index, halo = _mito_model_classes(model)
+    _check_slab(slab)
+    depth = stack.shape[0]
+    for start in range(0, depth, int(slab)):
+        stop = min(depth, start + int(slab))
+        first, last = max(0, start - halo), min(depth, stop + halo)
+        probabilities = model.probabilities(np.asarray(stack[first:last]), stack=True, tta=tta)
+        own = probabilities[start - first : stop - first]  # (n, K, Y, X)
+        object_out[start:stop] = probability_to_uint8(model.object_probability(own, class_axis=1))
+        contour_out[start:stop] = probability_to_uint8(own[:, contour_index])
+        del probabilities, own
+        _drop_resident_pages(stack, object_out, contour_out)
+        if progress is not None:
+            progress("segmenting", stop / depth)
 
 
 def run_morphometry(
@@ -791,13 +1004,21 @@ def run_morphometry(
     out_dir: str | os.PathLike[str],
     *,
     axis: Sequence[float] | None = None,
+    cell_mask: ArrayOrPath | None = None,
     split_params: SplitParams | None = None,
     tta: str = "off",
     method: str = "moments",
     meshes: MeshFormat = "ply",
+    slab: int = SPLIT_SLAB,
     overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    parallel: Parallelism | None = None,
 ) -> MorphometryResult:
     """Segment a stack with a registered model, split, measure, write and log a run.
+
+    The stack is memory-mapped when it is an uncompressed TIFF and segmented slab by slab
+    (:func:`predict_maps`) into memory-mapped maps; splitting and measuring then run as in
+    :func:`postprocess_stack`, so memory stays bounded at study B's full stack size.
 
     Parameters
     ----------
@@ -815,11 +1036,19 @@ def run_morphometry(
         (uint8 0..255 probability maps).
     axis : tuple of float, optional
         ``(z, y, x)`` myofibril direction; estimated from the stack when omitted.
+    cell_mask : (Z, Y, X) ndarray or path, optional
+        The cell (non-zero voxels): adds the volume fraction of the cell.
     split_params : SplitParams, optional
     tta : {"off", "flips", "all"}
     method : {"moments", "published"}
     meshes : {"ply", "obj", "stl", "none"}
+    slab : int
+        Slices per slab of the splitting and measuring (>= 1).
     overwrite : bool
+    progress : callable, optional
+        ``progress(phase, fraction)``; progress bars on stderr when omitted.
+    parallel : Parallelism, optional
+        Serial (default) or dask tasks for the chunked steps; the same results either way.
 
     Returns
     -------
@@ -827,7 +1056,7 @@ def run_morphometry(
         As :func:`measure_stack`, with ``run_id`` of the MLflow run (experiment
         ``morphometry``: parameters, metrics linked to the model, tags ``seglab.model`` and
         ``seglab.model_id``, the model as run input, instances.csv, summary.json and figures as
-        artifacts).
+        artifacts) and the wall time of each phase in ``timings_s``.
     """
     from mlflow.entities import LoggedModelInput, Metric
 
@@ -835,14 +1064,20 @@ def run_morphometry(
     from seglab.tracking.runs import tracked_run
 
     params_split = split_params if split_params is not None else SplitParams()
-    if meshes not in ("ply", "obj", "stl", "none"):
-        raise SeglabError(f"unknown mesh format {meshes!r}", "use ply, obj, stl or none")
-    stack = _stack(stack_path, "stack")
+    _check_meshes(meshes)
+    _check_slab(slab)
+    if tta not in D4_SUBSETS:
+        raise SeglabError(f"unknown tta {tta!r}", f"use one of {', '.join(D4_SUBSETS)}")
+    stack = _stack(stack_path, "stack", memmap=True)
     spacing, source = _voxel_size(voxel_size, stack, "the stack")
+    cell = _stack(cell_mask, "cell mask", memmap=True) if cell_mask is not None else None
+    if cell is not None:
+        _same_shape(stack.shape, cell.shape, "cell mask")
     if axis is not None:
         axis = [float(v) for v in axis]
     out = Path(out_dir)
     model, version = load_model(store, model_uri)
+    _mito_model_classes(model)
     name, number = version.name, str(version.version)
     model_id = model_id_of(version)
     params = {
@@ -852,50 +1087,63 @@ def run_morphometry(
         "voxel_size_um": list(spacing),
         "voxel_size_source": source,
         "axis": "estimate" if axis is None else axis,
+        "cell_mask": "none" if cell_mask is None else str(cell_mask),
         "split": {k: getattr(params_split, k) for k in params_split.__dataclass_fields__},
         "tta": tta,
         "fit_method": method,
+        "backend": (parallel or SERIAL).backend,
     }
     tags = {"seglab.model": f"{name}/{number}", "seglab.model_id": model_id or ""}
+    timings: dict[str, float] = {}
     with tracked_run(
         store, MORPHOMETRY_EXPERIMENT, f"morph-{name}", params=params, tags=tags
     ) as run:
         if model_id:
             run.client.log_inputs(run.run_id, models=[LoggedModelInput(model_id)])
-        grey = np.asarray(stack.array)
-        object_map, contour_map = _model_maps(model, grey, tta)
-        with atomic_directory(out, overwrite=overwrite) as tmp:
-            write_image(tmp / "object.tif", object_map, spacing, axes="ZYX")
-            write_image(tmp / "contour.tif", contour_map, spacing, axes="ZYX")
-            split = _split_to_file(
-                object_map, contour_map, tmp / "labels.tif", params_split, spacing
+        with (
+            atomic_directory(out, overwrite=overwrite) as tmp,
+            _progress_or(progress) as report,
+            tempfile.TemporaryDirectory(prefix=".seglab-maps-", dir=tmp) as scratch,
+        ):
+            started = time.perf_counter()
+            shape = tuple(stack.shape)
+            object_map = np.lib.format.open_memmap(
+                Path(scratch) / "object.npy", mode="w+", dtype=np.uint8, shape=shape
             )
-            del object_map, contour_map
-            values, outputs = _write_measurements(
+            contour_map = np.lib.format.open_memmap(
+                Path(scratch) / "contour.npy", mode="w+", dtype=np.uint8, shape=shape
+            )
+            predict_maps(model, stack.array, object_map, contour_map, tta=tta, progress=report)
+            for name_, array in (("object.tif", object_map), ("contour.tif", contour_map)):
+                array.flush()
+                write_image(tmp / name_, array, spacing, axes="ZYX")
+                _drop_resident_pages(array)
+            timings["segmenting"] = time.perf_counter() - started
+            values, outputs = _maps_to_folder(
                 tmp,
-                np.asarray(split.labels),
+                object_map,
+                contour_map,
                 spacing,
+                params_split,
+                slab=int(slab),
                 axis=axis,
-                image=grey,
+                image=stack.array,
+                cell_mask=None if cell is None else cell.array,
                 method=method,
                 meshes=meshes,
-                cell_mask=None,
                 extra={
                     "voxel_size_source": source,
                     "model": f"{name}/{number}",
                     "model_uri": model_uri,
                     "stack": str(stack_path),
-                    "split": params["split"],
                     "run_id": run.run_id,
                 },
-                write_labels=False,
+                progress=report,
+                timings=timings,
+                parallel=parallel or SERIAL,
             )
-        outputs = {
-            "object map": Path("object.tif"),
-            "contour map": Path("contour.tif"),
-            "labels": Path("labels.tif"),
-            **outputs,
-        }
+            del object_map, contour_map
+        outputs = {"object map": Path("object.tif"), "contour map": Path("contour.tif"), **outputs}
         now = int(time.time() * 1000)
         metrics = [
             Metric(key, float(values[key]), now, 0, model_id=model_id, run_id=run.run_id)
@@ -904,6 +1152,7 @@ def run_morphometry(
                 "count_interior",
                 "mean_volume_um3",
                 "volume_fraction",
+                "volume_fraction_of_cell",
                 "sarcomere_length_um",
             )
             if values.get(key) is not None
@@ -917,6 +1166,7 @@ def run_morphometry(
         out,
         values=values,
         run_id=run.run_id,
+        timings_s=timings,
     )
     result.lines = _summary_lines(values)
     result.outputs = {key: out / rel for key, rel in outputs.items()}
