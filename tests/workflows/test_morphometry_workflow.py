@@ -290,6 +290,7 @@ def test_postprocess_memmapped_maps_equals_split_then_measure_in_memory(
     assert result.values["count"] == expected.count == len(read_csv(chunked / "instances.csv"))
     assert {"finding objects", "splitting", "locating objects", "measuring objects"} <= phases
     assert set(result.timings_s) == {"splitting and labels.tif", "measuring and meshes"}
+    assert result.lines[-1].startswith("time: splitting and labels.tif ")
     assert not [p for p in tmp_path.rglob(".*")]  # scratch files removed
 
 
@@ -380,6 +381,9 @@ def test_run_segments_splits_measures_and_logs(tmp_path, monkeypatch, register_t
     assert summary["axis_source"].startswith("estimated")
     assert summary["count"] == int(read_image(out / "labels.tif").array.max())
     assert (out / "meshes" / "model.ply").is_file()
+    assert list(result.timings_s)[0] == "segmenting" and all(
+        t >= 0 for t in result.timings_s.values()
+    )
 
     client = store.client()
     run = client.get_run(result.run_id)

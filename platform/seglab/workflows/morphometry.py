@@ -600,6 +600,11 @@ def _figures(folder: Path, measurements: Sequence[Any]) -> list[str]:
     return names
 
 
+def _timing_line(timings: dict[str, float]) -> str:
+    """``time: segmenting 70.2 s, ...`` from the wall time of each phase."""
+    return "time: " + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in timings.items())
+
+
 def _summary_lines(values: dict[str, Any]) -> list[str]:
     def number(key: str, fmt: str, unit: str = "") -> str:
         value = values.get(key)
@@ -852,7 +857,7 @@ def postprocess_stack(
     result = MorphometryResult(
         f"split and measured {values['count']} objects", out, values=values, timings_s=timings
     )
-    result.lines = _summary_lines(values)
+    result.lines = [*_summary_lines(values), _timing_line(timings)]
     result.outputs = {k: out / r for k, r in outputs.items()}
     return result
 
@@ -1168,7 +1173,7 @@ def run_morphometry(
         run_id=run.run_id,
         timings_s=timings,
     )
-    result.lines = _summary_lines(values)
+    result.lines = [*_summary_lines(values), _timing_line(timings)]
     result.outputs = {key: out / rel for key, rel in outputs.items()}
     return result
 
