@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from seglab import __version__
-from seglab.cli import analysis, demo, models, morphometry, phantom, train, ui
+from seglab.cli import analysis, demo, models, morphometry, phantom, studies, train, ui
 from seglab.errors import SeglabError
 
 app = typer.Typer(
@@ -31,6 +31,8 @@ app.add_typer(morphometry.app, name="morphometry")
 app.command("train")(train.train)
 app.command("evaluate")(analysis.evaluate)
 app.command("segment")(analysis.segment)
+app.command("run")(studies.run)
+app.command("search")(studies.search)
 app.command("demo")(demo.demo)
 app.command("ui")(ui.ui)
 

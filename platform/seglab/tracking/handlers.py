@@ -63,6 +63,14 @@ class RunLogger:
     finishers : sequence of callables, optional
         ``finisher(handle, engine)`` run in order when training completes, before the run is
         closed; an error in one fails the run.
+    tags : mapping, optional
+        Extra run tags, e.g. ``mlflow.parentRunId`` to nest the run under a study's run.
+
+    Notes
+    -----
+    A trainer stopped early by a pruner (``engine.state.seglab_pruned`` set, see
+    :class:`seglab.studies.search.PruningHandler`) ends FINISHED with the tag
+    ``seglab.pruned=true`` and without running the finishers (no model is published).
     """
 
     def __init__(
@@ -78,6 +86,7 @@ class RunLogger:
         class_names: Sequence[str] | None = None,
         configs_dir: str | os.PathLike[str] | None = None,
         finishers: Sequence[Finisher] | None = None,
+        tags: Mapping[str, Any] | None = None,
     ) -> None:
         self.experiment = experiment
         self.run_prefix = run_prefix
@@ -90,6 +99,7 @@ class RunLogger:
         self.class_names = list(class_names) if class_names is not None else None
         self.configs_dir = configs_dir
         self.finishers = list(finishers or [])
+        self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.handle: RunHandle | None = None
         self.last_run_id: str | None = None
         self.history: list[dict[str, float]] = []
@@ -115,7 +125,7 @@ class RunLogger:
         params = self.params | {"max_epochs": engine.state.max_epochs}
         resumed = getattr(engine.state, "resumed_from_epoch", None)
         # the command line holds the overrides of `python -m monai.bundle run --id value`
-        tags = {"seglab.command": shlex.join(sys.argv)[:5000]}
+        tags = {"seglab.command": shlex.join(sys.argv)[:5000], **self.tags}
         if resumed:
             tags["seglab.resumed_from_epoch"] = str(resumed)
         self.handle = open_run(store, self.experiment, self.run_prefix, params=params, tags=tags)
@@ -158,9 +168,12 @@ class RunLogger:
         if self.handle is None:
             return
         handle = self.handle
+        pruned = bool(getattr(engine.state, "seglab_pruned", False))
         try:
             self._log_artifacts(handle)
-            for finisher in self.finishers:
+            if pruned:
+                handle.client.set_tag(handle.run_id, "seglab.pruned", "true")
+            for finisher in [] if pruned else self.finishers:
                 finisher(handle, engine)
         except BaseException as error:
             close_run(handle, error)
