@@ -93,21 +93,39 @@ class StudyRun:
         Start a new parent run even when one for this recipe exists.
     """
 
-    def __init__(self, store: TrackingStore, recipe: Recipe, *, fresh: bool = False) -> None:
+    def __init__(
+        self,
+        store: TrackingStore,
+        recipe: Recipe,
+        *,
+        fresh: bool = False,
+        run_id: str | None = None,
+    ) -> None:
         self.store = store
         self.recipe = recipe
         self.client = store.client()
         self.experiment_id = ensure_experiment(store, recipe.experiment)
         fail_dead_runs(store, [self.experiment_id])
-        previous = None if fresh else self._find_parent()
+        #: Whether this process closes the parent run (a worker joining a search that another
+        #: live process runs does not).
+        self.owns = True
+        previous = None
+        if run_id is not None:
+            previous = self.client.get_run(run_id)
+        elif not fresh:
+            previous = self._find_parent()
         self.resumed = previous is not None
         if previous is not None:
             run_id = previous.info.run_id
-            # ours now: a dead owner would otherwise make the next open_run fail it again
-            for key, value in owner_tags().items():
-                self.client.set_tag(run_id, key, value)
-            self.client.update_run(run_id, status="RUNNING")
             self.handle = RunHandle(store, self.experiment_id, run_id, previous.info.run_name)
+            if previous.info.status == "RUNNING":
+                # a live process runs it (a dead one on this host was just marked FAILED)
+                self.owns = False
+            else:
+                # ours now: a dead owner would otherwise make the next open_run fail it again
+                for key, value in owner_tags().items():
+                    self.client.set_tag(run_id, key, value)
+                self.client.update_run(run_id, status="RUNNING")
         else:
             tags = {
                 TAG_STUDY: recipe.name,
@@ -124,11 +142,17 @@ class StudyRun:
                 "eval_data": str(recipe.eval_data),
                 "repeats": recipe.repeats,
                 "seed": recipe.seed,
-                "overrides": recipe.overrides,
+                # MLflow names allow no '#': nested config ids are logged with '/'
+                "overrides": {k.replace("#", "/"): v for k, v in recipe.overrides.items()},
             }
             log_params(self.handle, params)
             if recipe.path is not None and recipe.path.is_file():
                 self.client.log_artifact(self.handle.run_id, str(recipe.path), "recipe")
+
+    @classmethod
+    def attach(cls, store: TrackingStore, recipe: Recipe, run_id: str) -> StudyRun:
+        """Join the parent run ``run_id`` (e.g. a search that another worker created)."""
+        return cls(store, recipe, run_id=run_id)
 
     @property
     def run_id(self) -> str:
@@ -168,8 +192,12 @@ class StudyRun:
         }
 
     def close(self, error: BaseException | None = None) -> None:
-        """End the parent run with a truthful status."""
-        close_run(self.handle, error)
+        """End the parent run with a truthful status (when this process owns it)."""
+        if self.owns:
+            close_run(self.handle, error)
+        elif error is not None:
+            reason = " ".join(f"{type(error).__name__}: {error}".split())[:500]
+            self.client.set_tag(self.run_id, "seglab.worker_failure", reason)
 
 
 @contextmanager
@@ -259,13 +287,18 @@ def run_children(
 def child_overrides(
     study: StudyRun, child: Child, base: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Config ids of a child's training: the recipe's, the child's, and the nesting tags."""
+    """Config ids of a child's training: the recipe's, the child's, and the nesting tags.
+
+    ``run_tags`` given by ``base`` or the child are kept, with the nesting tags on top.
+    """
+    base = dict(base or {})
+    tags = {**base.get("run_tags", {}), **child.overrides.get("run_tags", {})}
     return {
         **study.recipe.overrides,
-        **dict(base or {}),
+        **base,
         **child.overrides,
         "experiment_name": study.recipe.experiment,
-        "run_tags": study.child_tags(child),
+        "run_tags": {**tags, **study.child_tags(child)},
     }
 
 
