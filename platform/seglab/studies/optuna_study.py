@@ -245,15 +245,18 @@ def log_study_summary(
         {
             "number": t.number,
             "state": t.state.name,
-            "value": t.value,
+            "value": t.value if t.state == states.COMPLETE else None,
             "run_id": t.user_attrs.get("mlflow_run_id", ""),
             "epochs_reported": len(t.intermediate_values),
+            "last_reported": (
+                t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
+            ),
             **{f"param_{k}": v for k, v in t.params.items()},
         }
         for t in trials
     ]
     names = sorted({k for row in rows for k in row if k.startswith("param_")})
-    columns = ["number", "state", "value", "run_id", "epochs_reported", *names]
+    columns = ["number", "state", "value", "run_id", "epochs_reported", "last_reported", *names]
     write_csv(out_dir / "trials.csv", rows, columns)
     best: dict[str, Any] = {}
     if complete:

@@ -358,6 +358,7 @@ def train_child(
         eval_data=eval_data if eval_data is not None else recipe.eval_data,
         store_dir=study.store.local_dir,
         output_dir=output_root / child.slug,
+        quiet=True,
     )
     if outcome.run_id is None:
         raise SeglabError(

@@ -306,5 +306,6 @@ def _train_best(
         eval_data=recipe.eval_data,
         store_dir=parent.store.local_dir,
         output_dir=output_root / "best",
+        quiet=True,
     )
     return {**best, "final_run_id": outcome.run_id, "registered": outcome.registered}

@@ -16,6 +16,7 @@ config first, and returns what the run produced.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -315,6 +316,7 @@ def train_bundle(
     output_dir: str | os.PathLike[str] | None = None,
     trust: bool = False,
     extra_configs: Sequence[str] = (),
+    quiet: bool = False,
 ) -> TrainingOutcome:
     """Train a bundle with MONAI's ``ConfigWorkflow`` (as ``python -m monai.bundle run`` does).
 
@@ -338,6 +340,9 @@ def train_bundle(
         Allow a bundle from outside the repository.
     extra_configs : sequence of str
         More config file names of the bundle merged after ``common.json`` and ``train.json``.
+    quiet : bool
+        Show only warnings and errors of the engine's console log (the bundle's
+        ``logging.conf`` prints every iteration), e.g. for the many trainings of a study.
 
     Returns
     -------
@@ -377,6 +382,9 @@ def train_bundle(
         **(settings | user),
     )
     workflow.initialize()
+    if quiet:  # after initialize(), which applies logging.conf to the root logger
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.WARNING)
     try:
         workflow.run()
     except RuntimeError as err:
