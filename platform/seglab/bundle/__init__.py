@@ -1,6 +1,7 @@
 """Pieces that MONAI bundle configs point at, and prediction outside a bundle.
 
-Data lists, the tiling inferer, the label writer, per-epoch checkpoints and exact resume.
+Data lists, the tiling inferer, the label writer, per-epoch checkpoints, exact resume and
+initial (pre-trained) weights.
 
 :mod:`seglab.bundle.predict` runs a trained network on an image or a stack outside a bundle
 (e.g. in a registered model's wrapper) and writes probability and label maps.
@@ -9,7 +10,12 @@ Bundle configs (``bundles/<name>/configs/*.json``) refer to these by dotted path
 ``"_target_": "seglab.bundle.TilingInferer"``. Nothing here runs at import time beyond imports.
 """
 
-from seglab.bundle.checkpoint import EpochCheckpoint, EpochSeeder, ResumeFromCheckpoint
+from seglab.bundle.checkpoint import (
+    EpochCheckpoint,
+    EpochSeeder,
+    InitialWeights,
+    ResumeFromCheckpoint,
+)
 from seglab.bundle.data import class_weights_for, dataset_dicts
 from seglab.bundle.inferer import TilingInferer
 from seglab.bundle.predict import (
@@ -24,6 +30,7 @@ from seglab.bundle.writers import LabelMapWriter
 __all__ = [
     "EpochCheckpoint",
     "EpochSeeder",
+    "InitialWeights",
     "LabelMapWriter",
     "ResumeFromCheckpoint",
     "TilingInferer",

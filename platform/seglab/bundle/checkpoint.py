@@ -1,7 +1,9 @@
 """Per-epoch checkpoints and exact resume for MONAI/ignite trainings.
 
-Three ignite handlers that bundle configs attach to a trainer (``train#handlers``):
+Ignite handlers that bundle configs attach to a trainer (``train#handlers``):
 
+- :class:`InitialWeights` (before the resume handler) loads pre-trained network weights when
+  training starts (transfer learning; ``initial_weights`` of the bundles);
 - :class:`ResumeFromCheckpoint` (first in the list) restores model, optimizer and trainer state
   when training starts, so ignite continues with the epoch after the checkpoint's;
 - :class:`EpochSeeder` reseeds every random generator from ``(seed, epoch)`` when an epoch starts,
@@ -25,7 +27,13 @@ from seglab.errors import SeglabError
 from seglab.flags import as_bool
 from seglab.io.atomic import atomic_file
 
-__all__ = ["CHECKPOINT_FORMAT", "EpochCheckpoint", "EpochSeeder", "ResumeFromCheckpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "EpochCheckpoint",
+    "EpochSeeder",
+    "InitialWeights",
+    "ResumeFromCheckpoint",
+]
 
 CHECKPOINT_FORMAT = 1
 """Version of the checkpoint layout written by :class:`EpochCheckpoint`."""
@@ -244,6 +252,73 @@ class ResumeFromCheckpoint:
                 f"its trainer state is at epoch {engine.state.epoch}, "
                 f"its epoch field says {checkpoint['epoch']}"
             )
+
+
+class InitialWeights:
+    """Load pre-trained weights into the network when training starts (transfer learning).
+
+    The file is a network ``state_dict`` (or a checkpoint dict with a ``"model"`` entry, as
+    :class:`EpochCheckpoint` and a registered model's ``models/member<i>.pt`` hold), read with
+    ``torch.load(..., weights_only=True)`` and loaded strictly: every tensor must fit. Attach it
+    before :class:`ResumeFromCheckpoint`, so a resumed training continues from its checkpoint
+    instead of restarting from the initial weights.
+
+    Parameters
+    ----------
+    path : path-like or None
+        The weights; None or ``""`` makes the handler do nothing (training from scratch).
+    network : torch.nn.Module
+        The network to load them into.
+
+    Raises
+    ------
+    SeglabError
+        When training starts and the file is missing, unreadable, or does not fit the network.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None, network: Any) -> None:
+        if not callable(getattr(network, "load_state_dict", None)):
+            raise SeglabError(
+                f"network must have load_state_dict(), got {type(network).__name__}",
+                "pass the bundle's @network",
+            )
+        self.path = Path(path) if path not in (None, "") else None
+        self.network = network
+
+    def attach(self, engine: Any) -> None:
+        """Register :meth:`started` on the trainer's ``STARTED``."""
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self.started)
+
+    def started(self, engine: Any = None) -> None:
+        """Load the weights (no-op without a path)."""
+        if self.path is None:
+            return
+        import pickle
+
+        import torch
+
+        fix = "pass the state_dict of a network with the same name, options and input slices"
+        if not self.path.is_file():
+            raise SeglabError(f"initial weights {self.path} not found", fix)
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise SeglabError(
+                f"initial weights {self.path} are unreadable ({reason})", fix
+            ) from err
+        if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+            state = state["model"]
+        try:
+            self.network.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            reason = " ".join(str(err).split())[:200]
+            raise SeglabError(
+                f"initial weights {self.path} do not fit the network ({reason})", fix
+            ) from err
+        logger.info("loaded initial weights from %s", self.path)
 
 
 def _check_objects(objects: Any, name: str, method: str) -> None:

@@ -650,4 +650,3 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
             "fix the YAML (indentation, colons, quotes)",
         ) from err
     return parse_recipe(data, file)
-
