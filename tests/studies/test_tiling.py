@@ -151,7 +151,7 @@ def study(tmp_path_factory, data):
     lines: list[str] = []
     start = time.perf_counter()
     result = run_recipe(
-        store, recipe, out_dir=root / "report", echo=lines.append, work_dir=root / "studies"
+        store, recipe, out_dir=root / "report", echo=lines.append, root=root / "studies"
     )
     return {
         "recipe": recipe, "store": store, "result": result, "root": root, "lines": lines,
@@ -218,7 +218,7 @@ def test_rerun_skips_every_child_and_creates_no_run(study):
     lines: list[str] = []
     again = run_recipe(
         store, recipe, out_dir=study["root"] / "report", echo=lines.append,
-        work_dir=study["root"] / "studies",
+        root=study["root"] / "studies",
     )  # fmt: skip
     assert again.run_id == first.run_id
     assert again.skipped == 4 and again.failed == 0
@@ -260,7 +260,7 @@ def test_an_interrupted_study_finishes_without_repeating_children(tmp_path, data
         process.send_signal(signal.SIGKILL)
         process.wait()
     result = run_recipe(store, load_recipe(recipe_path), echo=lambda line: None,
-                        work_dir=tmp_path / "studies" / "again")  # fmt: skip
+                        root=tmp_path / "studies" / "again")  # fmt: skip
     assert result.failed == 0 and result.children == 2 and result.skipped >= 1
     assert result.run_id == finished[0].data.tags[TAG_PARENT]  # the same study, resumed
     runs = child_runs(store, result.run_id)

@@ -27,7 +27,7 @@ def demo(
     ] = True,
 ) -> None:
     """Phantoms, tiling and remap baselines, then train, register, promote and evaluate."""
-    from seglab.workflows.demo import DemoTraining, run_demo
+    from seglab.demo import DemoTraining, run_demo
 
     result = run_demo(
         out,

@@ -301,8 +301,10 @@ def log_study_summary(
     return best
 
 
-def default_out(recipe: Recipe, out_dir: str | os.PathLike[str] | None) -> Path:
-    """``out_dir``, or ``studies/<name>-<digest>/report``."""
+def default_out(
+    recipe: Recipe, out_dir: str | os.PathLike[str] | None, root: Path | None = None
+) -> Path:
+    """``out_dir``, or ``<root>/<name>-<digest>/report`` (root default ``studies``)."""
     from seglab.studies.runner import work_folder
 
-    return Path(out_dir) if out_dir is not None else work_folder(recipe) / "report"
+    return Path(out_dir) if out_dir is not None else work_folder(recipe, root) / "report"

@@ -186,6 +186,7 @@ def run_postprocess_search(
     echo: Callable[[str], Any] = print,
     storage: str | None = None,
     trials: int | None = None,
+    root: Path | None = None,
 ) -> StudyResult:
     """Search the splitting parameters (see the module docstring); resume or join the study.
 
@@ -203,6 +204,9 @@ def run_postprocess_search(
     trials : int, optional
         Most trials this worker runs (default: until the study has ``recipe.trials``).
 
+    root : Path, optional
+        Folder of the study work folders (default ``studies`` in the current folder).
+
     Returns
     -------
     StudyResult
@@ -218,7 +222,7 @@ def run_postprocess_search(
             "change the recipe's name (a new study) or delete the study from the storage",
         )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    folder = work_folder(recipe)
+    folder = work_folder(recipe, root)
     maps = recipe.maps
     if maps is None:
         assert recipe.model is not None  # the recipe parser demands one of them
@@ -272,7 +276,7 @@ def run_postprocess_search(
 
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=finished))
-    out = default_out(recipe, out_dir)
+    out = default_out(recipe, out_dir, root)
     error: BaseException | None = None
     try:
         if done < recipe.trials:

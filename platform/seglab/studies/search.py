@@ -124,6 +124,7 @@ def run_search(
     echo: Callable[[str], Any] = print,
     storage: str | None = None,
     trials: int | None = None,
+    root: Path | None = None,
 ) -> StudyResult:
     """Run (or join) the recipe's Optuna search until the study has ``recipe.trials`` trials.
 
@@ -141,6 +142,9 @@ def run_search(
     trials : int, optional
         Most trials this worker runs; by default it runs until the study holds
         ``recipe.trials`` finished (complete or pruned) trials, whoever ran them.
+
+    root : Path, optional
+        Folder of the study work folders (default ``studies`` in the current folder).
 
     Returns
     -------
@@ -181,7 +185,7 @@ def run_search(
         f"study {study_name(recipe)} ({'created' if shared.created else 'joined'}), "
         f"MLflow run {parent.run_id}"
     )
-    output_root = work_folder(recipe) / "trials"
+    output_root = work_folder(recipe, root) / "trials"
 
     def objective(trial: Any) -> float:
         params, overrides = sample(trial, recipe.space)
@@ -240,7 +244,7 @@ def run_search(
             )
         else:
             echo(f"the study already has {done} finished trials; nothing to run")
-        out = default_out(recipe, out_dir)
+        out = default_out(recipe, out_dir, root)
         best = log_study_summary(parent, study, out, objective=objective_metric, echo=echo)
         if recipe.train_best and best:
             best = _train_best(parent, recipe, best, output_root, echo)

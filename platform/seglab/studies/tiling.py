@@ -710,7 +710,7 @@ def run_tiling(
     out_dir: Path | None = None,
     fresh: bool = False,
     echo: Callable[[str], Any] = print,
-    work_dir: Path | None = None,
+    root: Path | None = None,
 ) -> StudyResult:
     """Run a tiling recipe (study A's Table 2) as a parent run with one child per training.
 
@@ -725,8 +725,9 @@ def run_tiling(
         Start a new parent run instead of resuming this recipe's.
     echo : callable
         Progress lines.
-    work_dir : Path, optional
-        Work folder of checkpoints (default ``studies/<name>-<digest>``).
+    root : Path, optional
+        Folder of the study work folders (default ``studies`` in the current folder); this
+        study's checkpoints go to ``root/<name>-<digest>/children``.
 
     Returns
     -------
@@ -745,7 +746,7 @@ def run_tiling(
         )
     check_config_ids(recipe, extra=["seed"])
     children = tiling_children(recipe)
-    work = work_dir if work_dir is not None else work_folder(recipe)
+    work = work_folder(recipe, root)
     out = out_dir if out_dir is not None else work / "report"
 
     def train(study: StudyRun, child: Child) -> str:

@@ -337,6 +337,30 @@ def _plot_sweeps(path: Path, choices: dict[str, ThresholdChoice]) -> None:
 
 # --------------------------------------------------------------------------- training part
 @dataclass(frozen=True)
+class DemoStudies:
+    """The scaled-down studies of the demo: the recipes ``pipelines/*-demo.yaml`` on its data.
+
+    Attributes
+    ----------
+    tiling, ablation, search : bool
+        Which studies run.
+    search_trials : int
+        Trials of the loss x learning-rate search.
+    ablation_repeats : int
+        Repeats of each ablation child (the recipe has 2; the demo needs 1).
+    overrides : dict
+        Config ids set on top of every recipe's (tests make the networks tiny with it).
+    """
+
+    tiling: bool = True
+    ablation: bool = True
+    search: bool = True
+    search_trials: int = 4
+    ablation_repeats: int = 1
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class DemoTraining:
     """Sizes and settings of the demo's training part (defaults: about 3 minutes on 2 cores).
 
@@ -350,6 +374,8 @@ class DemoTraining:
         Z, Y, X of each SEM stack (two cell-A stacks for training/validation, one cell-B test).
     lung, mito : dict
         Bundle config overrides.
+    studies : DemoStudies or None
+        The scaled-down studies run after the trainings (None: none).
     """
 
     lung_size: int = 512
@@ -379,6 +405,7 @@ class DemoTraining:
             "val_interval": 5,
         }
     )
+    studies: DemoStudies | None = field(default_factory=DemoStudies)
 
 
 def _training_part(
@@ -454,8 +481,106 @@ def _training_part(
                 f"(precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f}) at "
                 f"threshold {metrics['threshold']:.0f}"
             )
+    if cfg.studies is not None:
+        results["studies"] = _studies_part(out, store, seed, summary, cfg.studies)
     summary.lines.append(f"runs and models in {store.tracking_uri}; browse them with `seglab ui`")
     return results
+
+
+#: The recipes the demo runs, shipped in the repository's ``pipelines/`` folder.
+PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
+
+
+def _studies_part(
+    out: Path, store: Any, seed: int, summary: Summary, cfg: DemoStudies
+) -> dict[str, Any]:
+    """Run the demo recipes (tiling, ablation, search) on phantoms written for them."""
+    import dataclasses
+
+    from seglab.errors import SeglabError
+    from seglab.studies.recipes import load_recipe
+    from seglab.studies.run import run_recipe
+    from seglab.workflows.phantoms import write_lung_phantoms, write_sem_phantom
+
+    if not PIPELINES.is_dir():
+        raise SeglabError(
+            f"the demo recipes are not in {PIPELINES}", "run the demo from a seglab checkout"
+        )
+    data = out / "studies-data"
+    root = out / "studies"
+    results: dict[str, Any] = {}
+    plans = []
+    if cfg.tiling:
+        write_lung_phantoms(data / "lung-tiling" / "train", count=3, size=512, seed=seed)
+        write_lung_phantoms(data / "lung-tiling" / "test", count=1, size=512, seed=seed + 100)
+        plans.append(
+            ("tiling-demo.yaml", {"data": data / "lung-tiling" / "train",
+                                  "eval_data": data / "lung-tiling" / "test"})
+        )  # fmt: skip
+    if cfg.ablation:
+        shape = (12, 128, 128)
+        write_sem_phantom(data / "mito-ablation" / "cellA", shape=shape, cell="A", seed=seed)
+        write_sem_phantom(data / "mito-ablation" / "cellB", shape=shape, cell="B", seed=seed + 1)
+        write_sem_phantom(
+            data / "mito-ablation" / "cellB-test", shape=(8, 128, 128), cell="B", seed=seed + 2
+        )
+        plans.append(
+            ("ablation-demo.yaml", {"data": data / "mito-ablation" / "cellA",
+                                    "added_data": data / "mito-ablation" / "cellB",
+                                    "eval_data": data / "mito-ablation" / "cellB-test",
+                                    "repeats": cfg.ablation_repeats})
+        )  # fmt: skip
+    if cfg.search:
+        write_lung_phantoms(data / "lung-search" / "train", count=3, size=256, seed=seed)
+        write_lung_phantoms(data / "lung-search" / "test", count=1, size=256, seed=seed + 100)
+        plans.append(
+            ("search-demo.yaml", {"data": data / "lung-search" / "train",
+                                  "eval_data": data / "lung-search" / "test",
+                                  "trials": cfg.search_trials})
+        )  # fmt: skip
+    for file, changes in plans:
+        recipe = load_recipe(PIPELINES / file)
+        changes = {**changes, "overrides": {**recipe.overrides, **cfg.overrides}}
+        # the changed recipe is a study of its own (new digest): a re-run resumes it
+        recipe = dataclasses.replace(recipe, **changes)
+        recipe = dataclasses.replace(recipe, digest=_demo_digest(recipe))
+        started = time.perf_counter()
+        lines: list[str] = []
+        result = run_recipe(
+            store, recipe, out_dir=root / recipe.name, echo=lines.append, root=root / "work"
+        )
+        seconds = time.perf_counter() - started
+        results[recipe.name] = {
+            "run_id": result.run_id,
+            "children": result.children,
+            "failed": result.failed,
+            "seconds": round(seconds, 1),
+            "lines": result.lines,
+        }
+        summary.lines.append(
+            f"study {recipe.name} ({recipe.kind}): {result.children} child runs in "
+            f"{seconds:.0f} s, parent run {result.run_id}; report in {root / recipe.name}"
+        )
+        summary.lines += [f"  {line}" for line in result.lines[:12]]
+        if result.failed:
+            raise SeglabError(
+                f"the demo study {recipe.name} had {result.failed} failed child run(s): "
+                + "; ".join(line for line in result.lines if "failed" in line)[:400],
+                f"see the study's runs in the MLflow UI (parent run {result.run_id})",
+            )
+    return results
+
+
+def _demo_digest(recipe: Any) -> str:
+    """Digest of a recipe changed in code (its file's digest no longer describes it)."""
+    import hashlib
+    import json
+
+    fields = {
+        k: v for k, v in recipe.__dict__.items() if k not in ("digest", "path", "description")
+    }
+    text = json.dumps(fields, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- entry point
@@ -522,4 +647,6 @@ def run_demo(
             "lung evaluation": out / "evaluation-lung" / "report.md",
             "mito evaluation": out / "evaluation-mito" / "report.md",
         }
+        if training.studies is not None:
+            summary.outputs["studies"] = out / "studies"
     return summary

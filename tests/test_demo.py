@@ -3,12 +3,12 @@ import csv
 import numpy as np
 import pytest
 
+from seglab.demo import LinearDiscriminant, run_demo, tile_features
 from seglab.errors import OutputExistsError
 from seglab.io.dataset import scan_dataset, verify_manifest
 from seglab.io.images import read_image
 from seglab.io.labels import LUNG_CLASSES
 from seglab.tiling import extract_tiles, plan_preset
-from seglab.workflows.demo import LinearDiscriminant, run_demo, tile_features
 
 
 def read_csv(path):
@@ -118,9 +118,9 @@ TINY_UNET = {
 
 
 def test_demo_training_registers_promotes_and_evaluates_the_champions(tmp_path, monkeypatch):
+    from seglab.demo import DemoStudies, DemoTraining
     from seglab.models.registry import audit_trail, resolve_version
     from seglab.tracking.store import resolve_store
-    from seglab.workflows.demo import DemoTraining
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     training = DemoTraining(
@@ -130,6 +130,7 @@ def test_demo_training_registers_promotes_and_evaluates_the_champions(tmp_path, 
         sem_shape=(8, 96, 96),
         lung=TINY_UNET | {"tiling_preset": "no-overlap", "num_samples": 2, "batch_size": 2},
         mito=TINY_UNET | {"patch_size": 64, "iterations_per_epoch": 2, "num_slices": 1},
+        studies=DemoStudies(search_trials=2, overrides={"epochs": 1, "val_interval": 1}),
     )
     store = tmp_path / "mlruns"
     summary = run_demo(tmp_path / "out", seed=0, store=store, training=training)
@@ -144,6 +145,19 @@ def test_demo_training_registers_promotes_and_evaluates_the_champions(tmp_path, 
         assert str(resolve_version(tracking, f"models:/{name}@champion").version) == "1"
         assert [e.action for e in audit_trail(tracking, name)] == ["promote"]
     client = tracking.client()
+    studies = client.get_experiment_by_name("studies").experiment_id
+    parents = client.search_runs([studies], filter_string="tags.`seglab.study_kind` != ''")
+    assert sorted(r.data.tags["seglab.study"] for r in parents) == [
+        "ablation-demo",
+        "search-demo",
+        "tiling-demo",
+    ]
+    assert {r.info.status for r in parents} == {"FINISHED"}
+    for name, report in (("tiling-demo", "table2.md"), ("ablation-demo", "table2.md")):
+        assert (tmp_path / "out" / "studies" / name / report).is_file()
+    assert (tmp_path / "out" / "studies" / "search-demo" / "trials.csv").is_file()
+    assert "study tiling-demo (tiling): 4 child runs" in text
+    assert "study search-demo (search): 2 child runs" in text
     evaluations = client.search_runs([client.get_experiment_by_name("evaluations").experiment_id])
     assert sorted(r.data.tags["seglab.model"] for r in evaluations) == [
         "lung-demo/1",
