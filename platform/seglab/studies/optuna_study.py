@@ -20,6 +20,7 @@ from typing import Any
 
 from seglab.errors import SeglabError
 from seglab.studies.recipes import Recipe, SearchParameter
+from seglab.studies.report import StudyResult
 from seglab.studies.runner import StudyRun
 from seglab.tracking.runs import RunHandle
 from seglab.tracking.store import TrackingStore
@@ -30,6 +31,7 @@ __all__ = [
     "SharedStudy",
     "join_study",
     "resolve_storage",
+    "run_trials",
     "sample",
     "study_name",
 ]
@@ -308,3 +310,117 @@ def default_out(
     from seglab.studies.runner import work_folder
 
     return Path(out_dir) if out_dir is not None else work_folder(recipe, root) / "report"
+
+
+#: Consecutive failed trials after which a worker stops.
+FAILURES_BEFORE_STOP = 3
+
+
+def run_trials(
+    shared: SharedStudy,
+    objective: Callable[[Any], float],
+    *,
+    total: int,
+    trials: int | None,
+    out: Path,
+    metric: str,
+    title: str,
+    echo: Callable[[str], Any] = print,
+    catch: tuple[type[BaseException], ...] = (),
+    finish: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> StudyResult:
+    """Run trials until the study holds ``total`` finished ones; summarise; close the parent.
+
+    Parameters
+    ----------
+    shared : SharedStudy
+        From :func:`join_study`.
+    objective : callable
+        ``objective(trial) -> float``.
+    total : int
+        Finished (complete or pruned) trials the study should hold, whoever ran them.
+    trials : int or None
+        Most trials this worker runs.
+    out : Path
+        Report folder (:func:`log_study_summary`).
+    metric : str
+        Name of the objective's value in the report.
+    title : str
+        First line of the result.
+    echo : callable
+    catch : tuple of exception types
+        Exceptions that fail one trial instead of the worker; three failed trials in a row stop
+        the worker.
+    finish : callable, optional
+        ``finish(best) -> best`` after the summary (e.g. train the best parameters); its
+        ``best`` is written to ``best.json`` again.
+
+    Returns
+    -------
+    StudyResult
+    """
+    import json
+
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    study, parent = shared.study, shared.parent
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+
+    def stop_after_repeated_failures(s: Any, t: Any) -> None:
+        # the same mistake in every trial (e.g. a metric the bundle does not log) would
+        # otherwise use up the whole budget
+        last = s.get_trials(deepcopy=False)[-FAILURES_BEFORE_STOP:]
+        if len(last) == FAILURES_BEFORE_STOP and all(x.state == TrialState.FAIL for x in last):
+            echo(f"the last {FAILURES_BEFORE_STOP} trials failed; stopping this worker")
+            s.stop()
+
+    callbacks = [
+        MaxTrialsCallback(total, states=finished),
+        lambda s, t: tag_trial_runs(parent.handle, s),
+        stop_after_repeated_failures,
+    ]
+    done = len(study.get_trials(deepcopy=False, states=finished))
+    error: BaseException | None = None
+    try:
+        if done < total:
+            study.optimize(
+                objective,
+                n_trials=trials if trials is not None else total - done,
+                callbacks=callbacks,
+                catch=catch,
+            )
+        else:
+            echo(f"the study already has {done} finished trials; nothing to run")
+        best = log_study_summary(parent, study, out, objective=metric, echo=echo)
+        if finish is not None and best:
+            best = finish(best)
+            (out / "best.json").write_text(json.dumps(best, indent=2, default=str) + "\n")
+            parent.client.log_artifact(parent.run_id, str(out / "best.json"), "report")
+    except BaseException as err:
+        error = err
+        parent.close(err)
+        raise
+    finally:
+        if error is None:
+            parent.close()
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    result = StudyResult(
+        title,
+        out,
+        run_id=parent.run_id,
+        children=len(states),
+        failed=sum(s == TrialState.FAIL for s in states),
+        best=best,
+    )
+    result.lines = [
+        f"complete {states.count(TrialState.COMPLETE)}, pruned {states.count(TrialState.PRUNED)}, "
+        f"failed {states.count(TrialState.FAIL)}",
+    ]
+    if best:
+        result.lines.append(
+            f"best: trial {best['trial']}, {metric} = {best[metric]:.4f}, "
+            f"{json.dumps(best['params'], default=str)}"
+        )
+    result.outputs = {p.stem: p for p in sorted(out.iterdir()) if p.is_file()}
+    return result

@@ -34,11 +34,10 @@ from seglab.studies.optuna_study import (
     TAG_TRIAL,
     default_out,
     join_study,
-    log_study_summary,
     resolve_storage,
+    run_trials,
     sample,
     study_name,
-    tag_trial_runs,
 )
 from seglab.studies.recipes import PostprocessSearchRecipe
 from seglab.studies.report import StudyResult
@@ -213,8 +212,6 @@ def run_postprocess_search(
         ``best`` holds the best parameters, the score and a command-line fragment.
     """
     import optuna
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
 
     if fresh:
         raise SeglabError(
@@ -274,55 +271,25 @@ def run_postprocess_search(
         echo(f"trial {trial.number}: {json.dumps(values)} -> {recipe.objective} {value:.4f}")
         return value
 
-    finished = (TrialState.COMPLETE, TrialState.PRUNED)
-    done = len(study.get_trials(deepcopy=False, states=finished))
-    out = default_out(recipe, out_dir, root)
-    error: BaseException | None = None
-    try:
-        if done < recipe.trials:
-            study.optimize(
-                objective,
-                n_trials=trials if trials is not None else recipe.trials - done,
-                callbacks=[
-                    MaxTrialsCallback(recipe.trials, states=finished),
-                    lambda s, t: tag_trial_runs(parent.handle, s),
-                ],
-            )
-        else:
-            echo(f"the study already has {done} finished trials; nothing to run")
-        best = log_study_summary(parent, study, out, objective=recipe.objective, echo=echo)
-        if best:
-            chosen = {**defaults.__dict__, **best["params"]}
-            flags = (
-                " ".join(
-                    f"--{k.replace('_', '-')} {chosen[k]:g}"
-                    for k in ("object_threshold", "contour_threshold", "sigma", "seed_level")
-                )
-                + f" --min-size {int(round(chosen['min_size']))}"
-            )
-            best["split_options"] = flags
-            (out / "best.json").write_text(json.dumps(best, indent=2, default=str) + "\n")
-            parent.client.log_artifact(parent.run_id, str(out / "best.json"), "report")
-    except BaseException as err:
-        error = err
-        parent.close(err)
-        raise
-    finally:
-        if error is None:
-            parent.close()
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    result = StudyResult(
-        f"post-processing search {recipe.name}: {len(states)} trials",
-        out,
-        run_id=parent.run_id,
-        children=len(states),
-        failed=sum(s == TrialState.FAIL for s in states),
-        best=best,
+    def finish(best: dict[str, Any]) -> dict[str, Any]:
+        chosen = {**defaults.__dict__, **best["params"]}
+        flags = " ".join(
+            f"--{k.replace('_', '-')} {chosen[k]:g}"
+            for k in ("object_threshold", "contour_threshold", "sigma", "seed_level")
+        )
+        return {**best, "split_options": f"{flags} --min-size {int(round(chosen['min_size']))}"}
+
+    result = run_trials(
+        shared,
+        objective,
+        total=recipe.trials,
+        trials=trials,
+        out=default_out(recipe, out_dir, root),
+        metric=recipe.objective,
+        title=f"post-processing search {recipe.name}",
+        echo=echo,
+        finish=finish,
     )
-    if best:
-        result.lines = [
-            f"best: trial {best['trial']}, {recipe.objective} = {best[recipe.objective]:.4f}",
-            f"use: seglab morphometry split ... {best['split_options']}",
-        ]
-    result.outputs = {p.stem: p for p in sorted(out.iterdir()) if p.is_file()}
+    if result.best:
+        result.lines.append(f"use: seglab morphometry split ... {result.best['split_options']}")
     return result

@@ -23,11 +23,10 @@ from seglab.studies.optuna_study import (
     TAG_TRIAL,
     default_out,
     join_study,
-    log_study_summary,
     resolve_storage,
+    run_trials,
     sample,
     study_name,
-    tag_trial_runs,
 )
 from seglab.studies.recipes import SearchRecipe
 from seglab.studies.report import StudyResult
@@ -36,8 +35,6 @@ from seglab.tracking.store import TrackingStore
 
 __all__ = ["BUNDLE_METRICS", "PruningHandler", "run_search"]
 
-#: Consecutive failed trials after which a worker stops.
-FAILURES_BEFORE_STOP = 3
 #: Per bundle: (final metric optimised, per-epoch validation metric pruned on).
 BUNDLE_METRICS = {
     "lung": ("final_total_dice", "val_mean_dice"),
@@ -152,8 +149,6 @@ def run_search(
         ``best`` holds the best trial's number, value, parameters and run.
     """
     import optuna
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
 
     if fresh:
         raise SeglabError(
@@ -180,7 +175,7 @@ def run_search(
         sampler=sampler,
         pruner=_pruner(recipe),
     )
-    study, parent = shared.study, shared.parent
+    parent = shared.parent
     echo(
         f"study {study_name(recipe)} ({'created' if shared.created else 'joined'}), "
         f"MLflow run {parent.run_id}"
@@ -217,66 +212,21 @@ def run_search(
         echo(f"trial {trial.number}: {objective_metric} = {value:.4f}")
         return value
 
-    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    def finish(best: dict[str, Any]) -> dict[str, Any]:
+        return _train_best(parent, recipe, best, output_root, echo) if recipe.train_best else best
 
-    def stop_after_repeated_failures(s: Any, t: Any) -> None:
-        # the same mistake in every trial (e.g. a metric the bundle does not log) would
-        # otherwise use up the whole budget
-        last = s.get_trials(deepcopy=False)[-FAILURES_BEFORE_STOP:]
-        if len(last) == FAILURES_BEFORE_STOP and all(x.state == TrialState.FAIL for x in last):
-            echo(f"the last {FAILURES_BEFORE_STOP} trials failed; stopping this worker")
-            s.stop()
-
-    callbacks = [
-        MaxTrialsCallback(recipe.trials, states=finished),
-        lambda s, t: tag_trial_runs(parent.handle, s),
-        stop_after_repeated_failures,
-    ]
-    done = len(study.get_trials(deepcopy=False, states=finished))
-    error: BaseException | None = None
-    try:
-        if done < recipe.trials:
-            study.optimize(
-                objective,
-                n_trials=trials if trials is not None else recipe.trials - done,
-                callbacks=callbacks,
-                catch=(SeglabError, RuntimeError, ValueError),
-            )
-        else:
-            echo(f"the study already has {done} finished trials; nothing to run")
-        out = default_out(recipe, out_dir, root)
-        best = log_study_summary(parent, study, out, objective=objective_metric, echo=echo)
-        if recipe.train_best and best:
-            best = _train_best(parent, recipe, best, output_root, echo)
-            (out / "best.json").write_text(json.dumps(best, indent=2, default=str) + "\n")
-            parent.client.log_artifact(parent.run_id, str(out / "best.json"), "report")
-    except BaseException as err:
-        error = err
-        parent.close(err)
-        raise
-    finally:
-        if error is None:
-            parent.close()
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    result = StudyResult(
-        f"search {recipe.name}: {len(states)} trials in study {study_name(recipe)}",
-        out,
-        run_id=parent.run_id,
-        children=len(states),
-        failed=sum(s == TrialState.FAIL for s in states),
-        best=best,
+    return run_trials(
+        shared,
+        objective,
+        total=recipe.trials,
+        trials=trials,
+        out=default_out(recipe, out_dir, root),
+        metric=objective_metric,
+        title=f"search {recipe.name}: trials in study {study_name(recipe)}",
+        echo=echo,
+        catch=(SeglabError, RuntimeError, ValueError),
+        finish=finish if recipe.train_best else None,
     )
-    result.lines = [
-        f"complete {states.count(TrialState.COMPLETE)}, pruned {states.count(TrialState.PRUNED)}, "
-        f"failed {states.count(TrialState.FAIL)}",
-    ]
-    if best:
-        result.lines.append(
-            f"best: trial {best['trial']}, {objective_metric} = {best[objective_metric]:.4f}, "
-            f"{json.dumps(best['params'], default=str)}"
-        )
-    result.outputs = {p.stem: p for p in sorted(out.iterdir()) if p.is_file()}
-    return result
 
 
 def _train_best(
