@@ -246,3 +246,23 @@ def test_search_recipe_errors_are_one_line(tmp_path, lung_data):
     with pytest.raises(SeglabError, match="cannot open Optuna storage"):
         run_search(store, parse_recipe(recipe_dict(train, test)), storage="nosuchdb://x")
     assert not Path("studies").exists()
+
+
+def test_train_best_trains_the_best_parameters_again_and_registers_them(lung_data, tmp_path):
+    from seglab.models.registry import resolve_version
+    from seglab.studies.search import run_search
+    from seglab.tracking.store import resolve_store
+
+    train, test = lung_data
+    data = recipe_dict(train, test, trials=1, train_best=True)
+    data["register"] = "lung-searched"
+    store = resolve_store(tmp_path / "mlruns")
+    result = run_search(store, parse_recipe(data), out_dir=tmp_path / "r", echo=print)
+    best = json.loads((tmp_path / "r" / "best.json").read_text())
+    assert best["registered"] == "lung-searched/1" and best["trial"] == 0
+    final = store.client().get_run(best["final_run_id"])
+    assert final.data.tags[TAG_PARENT] == result.run_id
+    assert final.data.tags[TAG_CHILD_KEY] == "best"
+    assert final.data.params["learning_rate"] == str(best["params"]["learning_rate"])
+    version = resolve_version(store, "models:/lung-searched/1")
+    assert version.run_id == best["final_run_id"]
