@@ -557,8 +557,9 @@ def _studies_part(
             "seconds": round(seconds, 1),
             "lines": result.lines,
         }
+        earlier = f" ({result.skipped} finished before, not rerun)" if result.skipped else ""
         summary.lines.append(
-            f"study {recipe.name} ({recipe.kind}): {result.children} child runs in "
+            f"study {recipe.name} ({recipe.kind}): {result.children} child runs{earlier} in "
             f"{seconds:.0f} s, parent run {result.run_id}; report in {root / recipe.name}"
         )
         summary.lines += [f"  {line}" for line in result.lines[:12]]

@@ -410,6 +410,7 @@ def run_trials(
         out,
         run_id=parent.run_id,
         children=len(states),
+        skipped=done,
         failed=sum(s == TrialState.FAIL for s in states),
         best=best,
     )
