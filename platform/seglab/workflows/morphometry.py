@@ -441,7 +441,13 @@ def _write_measurements(
     del grey, cell
     started = time.perf_counter()
     outputs: dict[str, Path] = {}
-    if meshes == "none":
+    # One marching cubes per object: the surface measured is the mesh written.
+    writer = (
+        MeshWriter(folder / "meshes", meshes, largest_label=_largest_label(labels))
+        if meshes != "none"
+        else contextlib.nullcontext()
+    )
+    with writer as mesh_writer:
         measurements = measure_objects_chunked(
             labels,
             voxel_size,
@@ -449,24 +455,12 @@ def _write_measurements(
             method=method,
             slab=SPLIT_SLAB,
             progress=pages,
+            on_surface=None if mesh_writer is None else mesh_writer.add,
             **parallel.options(),
         )
+    if meshes == "none":
         timings["measuring"] = time.perf_counter() - started
     else:
-        # One marching cubes per object: the surface measured is the mesh written.
-        with MeshWriter(
-            folder / "meshes", meshes, largest_label=_largest_label(labels)
-        ) as mesh_writer:
-            measurements = measure_objects_chunked(
-                labels,
-                voxel_size,
-                axis_info["axis"],
-                method=method,
-                slab=SPLIT_SLAB,
-                progress=pages,
-                on_surface=mesh_writer.add,
-                **parallel.options(),
-            )
         timings["measuring and meshes"] = time.perf_counter() - started
         outputs["meshes"] = Path("meshes")
     values = summarise(measurements, labels.shape, voxel_size, cell_mask)
