@@ -22,7 +22,14 @@ from typing import Any
 from seglab.errors import SeglabError
 from seglab.studies.recipes import Recipe
 from seglab.tracking.runs import RunHandle, close_run, log_params, open_run
-from seglab.tracking.store import TrackingStore, ensure_experiment, fail_dead_runs, owner_tags
+from seglab.tracking.store import (
+    TAG_HOST,
+    TAG_PID,
+    TrackingStore,
+    ensure_experiment,
+    fail_dead_runs,
+    owner_tags,
+)
 
 __all__ = [
     "TAG_CHILD_KEY",
@@ -110,7 +117,8 @@ class StudyRun:
         #: live process runs does not).
         self.owns = True
         previous = None
-        if run_id is not None:
+        joining = run_id is not None
+        if joining:
             previous = self.client.get_run(run_id)
         elif not fresh:
             previous = self._find_parent()
@@ -120,6 +128,15 @@ class StudyRun:
             self.handle = RunHandle(store, self.experiment_id, run_id, previous.info.run_name)
             if previous.info.status == "RUNNING":
                 # a live process runs it (a dead one on this host was just marked FAILED)
+                if not joining:
+                    # found by name: a second `seglab run` would train the same children
+                    tags = previous.data.tags
+                    raise SeglabError(
+                        f"study {recipe.name} is running in another process (run "
+                        f"{previous.info.run_id}, host {tags.get(TAG_HOST, '?')}, pid "
+                        f"{tags.get(TAG_PID, '?')})",
+                        "wait for it to finish, or pass --fresh to start a separate study",
+                    )
                 self.owns = False
             else:
                 # ours now: a dead owner would otherwise make the next open_run fail it again
