@@ -11,6 +11,7 @@ ends, its state (``seglab.trial_state``: COMPLETE, PRUNED or FAIL).
 from __future__ import annotations
 
 import os
+import random
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -99,15 +100,38 @@ def resolve_storage(spec: str | None, store: TrackingStore) -> Any:
         # a killed worker's RUNNING trial is marked FAIL by the next worker after the grace
         kwargs["heartbeat_interval"] = HEARTBEAT_S
         kwargs["grace_period"] = 3 * HEARTBEAT_S
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(spec, **kwargs)
+        return _rdb_storage(spec, kwargs)
     except Exception as err:  # SQLAlchemy and drivers raise many kinds
         reason = " ".join(str(err).split())[:200]
         raise SeglabError(
             f"cannot open Optuna storage {_redacted(spec)} ({type(err).__name__}: {reason})",
             "check the URL, that the database server is up, and its driver is installed",
         ) from err
+
+
+#: Attempts at opening a database storage that another worker is creating at the same moment.
+STORAGE_ATTEMPTS = 5
+
+
+def _rdb_storage(url: str, kwargs: dict[str, Any]) -> Any:
+    """Open an RDB storage, retrying while another worker creates its tables.
+
+    Two workers that open a new database at once both create the schema; the loser's insert of
+    the schema version fails (an integrity or lock error) although the database is then ready.
+    """
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(STORAGE_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, **kwargs)
+        except (IntegrityError, OperationalError):
+            if attempt == STORAGE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1) + random.random())
+    raise AssertionError("unreachable")
 
 
 def _redacted(url: str) -> str:
