@@ -38,7 +38,7 @@ numpy, scipy and scikit-image; ``opencv`` (per-slice blur) and ``connected-compo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -49,6 +49,7 @@ from skimage.segmentation import watershed
 
 from seglab.errors import SeglabError
 from seglab.io.parallel import Backend, MappedArray, check_backend, mapped_reference, run_in_waves
+from seglab.progress import ProgressCallback
 
 __all__ = [
     "InstanceMatch",
@@ -61,8 +62,6 @@ __all__ = [
 ]
 
 SplitMode = Literal["3d", "2d"]
-#: ``progress(phase, fraction)``: called with a phase name and its completed fraction 0..1.
-ProgressCallback = Callable[[str, float], None]
 
 #: Tolerance (grey levels) when float maps in 0..1 are compared with thresholds on 0..255, so
 #: that ``uint8_map / 255`` gives the same mask as ``uint8_map``.

@@ -55,6 +55,7 @@ from seglab.io.parallel import (
     run_in_waves,
     task_count,
 )
+from seglab.progress import ProgressCallback
 
 __all__ = [
     "MEASUREMENT_COLUMNS",
@@ -76,8 +77,6 @@ __all__ = [
 ]
 
 FitMethod = Literal["moments", "published"]
-#: ``progress(phase, fraction)``: called with a phase name and its completed fraction 0..1.
-ProgressCallback = Callable[[str, float], None]
 #: ``on_surface(label, vertices, faces)``: receives each object's closed surface mesh.
 SurfaceCallback = Callable[[int, np.ndarray, np.ndarray], None]
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -52,6 +51,7 @@ from scipy.special import ndtri
 
 from seglab.errors import SeglabError
 from seglab.phantoms._options import resolve_config
+from seglab.progress import ProgressCallback
 
 __all__ = [
     "SEM_CELL_APPEARANCE",
@@ -69,8 +69,6 @@ __all__ = [
 ]
 
 CellName = Literal["A", "B"]
-#: ``progress(phase, fraction)``: called with a phase name and its completed fraction 0..1.
-ProgressCallback = Callable[[str, float], None]
 
 #: The volume fraction may overshoot its target by at most this much (absolute): an object is
 #: only added if the label volume stays within ``volume_fraction + FRACTION_OVERSHOOT``.

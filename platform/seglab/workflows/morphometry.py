@@ -26,7 +26,7 @@ import mmap
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +51,7 @@ from seglab.morphometry import (
     rows,
     summarise,
 )
+from seglab.progress import ProgressCallback
 from seglab.workflows._outputs import (
     Summary,
     phase_progress,
@@ -89,8 +90,6 @@ PREDICT_SLAB = 16
 ESTIMATE_VOXELS = 16 * 1024 * 1024
 #: Fewest slices of that block (the structure tensor and its smoothing need depth).
 ESTIMATE_MIN_SLICES = 16
-
-ProgressCallback = Callable[[str, float], None]
 
 
 @dataclass(frozen=True)
