@@ -9,7 +9,10 @@ import pytest
 
 from seglab.errors import SeglabError
 from seglab.instances import (
+    _SEED_GUARD,
     SplitParams,
+    _blur_slices,
+    _seeds_opencv,
     canonical_relabel,
     instance_f1,
     split_instances,
@@ -300,6 +303,100 @@ def test_instance_f1_empty_and_identical() -> None:
     one[1:3, 1:3] = 3
     assert instance_f1(one, one).f1 == 1.0
     assert instance_f1(empty, one)[:3] == (0.0, 1.0, 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Engines: the fast engine (opencv, cc3d, no watershed for one-seed components) gives the
+# reference engine's (plain scipy/scikit-image) labels exactly
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("maps", ["ideal", "noisy"])
+@pytest.mark.parametrize(
+    "params",
+    [SplitParams(), SplitParams(mode="2d", sigma=1.5), SplitParams(sigma=0.0, min_size=10)],
+    ids=["3d", "2d-sigma1.5", "sigma0"],
+)
+def test_fast_engine_gives_the_reference_labels(
+    phantom: SemPhantom, maps: str, params: SplitParams
+) -> None:
+    obj, con = (
+        ideal_probability_maps(phantom) if maps == "ideal" else noisy_probability_maps(phantom)
+    )
+    reference = split_instances(obj, con, params, engine="reference")
+    # The phantom has touching pairs (several seeds in one mask component: watershed) and
+    # lone objects (one seed: the component itself).
+    assert reference.count > 50
+    for fast in (
+        split_instances(obj, con, params),
+        split_instances_chunked(obj, con, params, slab=5),
+        split_instances_chunked(obj, con, params, slab=5, engine="reference"),
+    ):
+        np.testing.assert_array_equal(fast.labels, reference.labels)
+        np.testing.assert_array_equal(fast.touches_border, reference.touches_border)
+        np.testing.assert_array_equal(fast.voxel_counts, reference.voxel_counts)
+        assert fast.count == reference.count
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 2.3])
+def test_opencv_seeds_are_scipys_seeds(sigma: float) -> None:
+    # Random blobs (all neighbourhood patterns) and a full slice (blur exactly 1 everywhere).
+    rng = np.random.default_rng(int(sigma * 10))
+    noise = rng.random((3, 41, 57)) < 0.8
+    rough = np.concatenate([noise, np.ones((1, 41, 57), bool)])
+    for level in (np.float32(254.5 / 255), np.float32(0.7)):
+        expected = (_blur_slices(rough, sigma) >= level) & rough
+        np.testing.assert_array_equal(_seeds_opencv(rough, sigma, level), expected)
+
+
+def test_opencv_blur_is_within_the_seed_guard_of_scipys() -> None:
+    # The guard's premise: opencv's float32 blur differs from scipy's by rounding only.
+    cv2 = pytest.importorskip("cv2")
+    rough = np.random.default_rng(1).random((4, 64, 80)) < 0.7
+    reference = _blur_slices(rough, 1.0)
+    for k in range(rough.shape[0]):
+        fast = cv2.GaussianBlur(
+            rough[k].astype(np.float32), (9, 9), 1.0, borderType=cv2.BORDER_REFLECT
+        )
+        assert np.abs(fast - reference[k]).max() <= _SEED_GUARD / 4
+
+
+def test_a_seed_level_inside_the_guard_falls_back_to_scipy(monkeypatch) -> None:
+    # The level is a blurred value that opencv rounds one step lower than scipy: without the
+    # guard (second call) that pixel would be lost; with it the slice is re-blurred by scipy.
+    cv2 = pytest.importorskip("cv2")
+    rough = np.random.default_rng(2).random((2, 30, 30)) < 0.8
+    reference = _blur_slices(rough, 1.0)
+    fast = np.stack(
+        [
+            cv2.GaussianBlur(r.astype(np.float32), (9, 9), 1.0, borderType=cv2.BORDER_REFLECT)
+            for r in rough
+        ]
+    )
+    level = np.float32(reference[(fast < reference) & rough][0])
+    expected = (reference >= level) & rough
+    np.testing.assert_array_equal(_seeds_opencv(rough, 1.0, level), expected)
+    monkeypatch.setattr("seglab.instances._SEED_GUARD", 0.0)
+    assert (_seeds_opencv(rough, 1.0, level) != expected).sum() >= 1
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+@pytest.mark.parametrize("shape", [(0, 8, 8), (3, 8, 8)])
+def test_engines_on_empty_input(engine: str, shape: tuple[int, ...]) -> None:
+    zeros = np.zeros(shape, dtype=np.uint8)
+    for result in (
+        split_instances(zeros, zeros, engine=engine),
+        split_instances_chunked(zeros, zeros, slab=2, engine=engine),
+    ):
+        assert result.count == 0 and not result.labels.any()
+
+
+def test_unknown_engine_is_refused() -> None:
+    maps = np.zeros((2, 4, 4), dtype=np.uint8)
+    for call in (split_instances, split_instances_chunked):
+        with pytest.raises(SeglabError, match="engine must be one of fast, reference") as caught:
+            call(maps, maps, engine="numba")
+        assert "\n" not in str(caught.value)
 
 
 # --------------------------------------------------------------------------------------------

@@ -322,6 +322,89 @@ def test_summary_and_table3_layout():
     assert list(rows(measured)[0]) == list(MEASUREMENT_COLUMNS)
 
 
+# --- engines: fast (one-voxel padding, opencv smoothing, integer moments) vs reference -------
+
+
+def _assert_engines_agree(fast, reference):
+    """The bounds stated in the module docstring ("Engines")."""
+    assert len(fast) == len(reference)
+    for f, r in zip(fast, reference, strict=True):
+        assert (f.label, f.voxel_count, f.bbox, f.touches_border) == (
+            r.label,
+            r.voxel_count,
+            r.bbox,
+            r.touches_border,
+        )
+        assert (f.method, f.fit_ok, f.fit_note) == (r.method, r.fit_ok, r.fit_note)
+        assert f.volume_um3 == r.volume_um3
+        scale = max(r.semi_axes_um)  # um; a variance of exactly 0 is rounding noise in r
+        np.testing.assert_allclose(f.centroid_um, r.centroid_um, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(f.semi_axes_um, r.semi_axes_um, rtol=1e-9, atol=1e-7 * scale)
+        np.testing.assert_allclose(f.surface_um2, r.surface_um2, rtol=1e-6)
+        if r.method == "moments" and r.fit_ok:
+            np.testing.assert_allclose(f.semi_major_um, r.semi_major_um, rtol=1e-9)
+            # b = sqrt(b2 b3): the square root lifts the reference's rounding noise of a zero
+            # variance (1e-19 um^2) to 1e-5 um where the fast engine has 0; compare b^2.
+            np.testing.assert_allclose(f.semi_minor_um**2, r.semi_minor_um**2, atol=1e-8 * scale**2)
+            np.testing.assert_allclose(f.eccentricity, r.eccentricity, atol=1e-6)
+            np.testing.assert_allclose(f.major_axis, r.major_axis, atol=1e-6)
+            np.testing.assert_allclose(f.orientation_deg, r.orientation_deg, atol=1e-4)
+        elif r.fit_ok:  # published: fitted on the mesh vertices
+            np.testing.assert_allclose(f.semi_major_um, r.semi_major_um, rtol=1e-5)
+            np.testing.assert_allclose(f.semi_minor_um, r.semi_minor_um, rtol=1e-5)
+            np.testing.assert_allclose(f.orientation_deg, r.orientation_deg, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["moments", "published"])
+@pytest.mark.parametrize("voxel_size", [ANISOTROPIC, STUDY])
+def test_fast_engine_agrees_with_the_reference(small_phantom, method, voxel_size):
+    labels = small_phantom.instances
+    reference = measure_objects(labels, voxel_size, (0, 1, 1), method, engine="reference")
+    assert len(reference) == len(small_phantom.truth) > 10
+    _assert_engines_agree(measure_objects(labels, voxel_size, (0, 1, 1), method), reference)
+    chunked = measure_objects_chunked(labels, voxel_size, (0, 1, 1), method, slab=5)
+    _assert_engines_agree(chunked, reference)
+
+
+def test_fast_engine_agrees_on_thin_single_voxel_and_flat_objects():
+    labels = np.zeros((6, 20, 20), dtype=np.uint8)
+    labels[2, 3, 3] = 1  # one voxel: no axis
+    labels[1, 5:15, 5:7] = 2  # one slice thick: a variance of exactly 0
+    labels[0:6, 16, 2:18] = 3  # too thin for the blur: the staircase surface
+    labels[2:5, 8:14, 10:17] = 4
+    for voxel_size in (ISOTROPIC, STUDY):
+        _assert_engines_agree(
+            measure_objects(labels, voxel_size),
+            measure_objects(labels, voxel_size, engine="reference"),
+        )
+
+
+def test_one_voxel_padding_gives_the_reference_smoothing_inside_the_box():
+    # The premise of the fast engine's padding: scipy's blur with a zero border, padded by one
+    # voxel, equals the blur padded by the kernel's reach, inside the one-voxel box (same floats),
+    # and stays below 0.5 outside the mask's box.
+    from scipy import ndimage
+
+    mask = spheroid_mask((12, 30, 30), STUDY, 0.15, 0.08, (0.2, 0.5, 1.0)) > 0
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    mask = mask[box]
+    sigma = 0.7 * max(STUDY) / np.asarray(STUDY)
+    wide = 1 + np.ceil(3.0 * sigma).astype(int)
+
+    def blur(pad):
+        padded = np.pad(mask, [(int(p), int(p)) for p in pad]).astype(np.float32)
+        return ndimage.gaussian_filter(padded, sigma, mode="constant", truncate=3.0)
+
+    narrow, full = blur(np.ones(3, int)), blur(wide)
+    inner = tuple(
+        slice(int(p) - 1, int(p) - 1 + n + 2) for p, n in zip(wide, mask.shape, strict=True)
+    )
+    np.testing.assert_array_equal(full[inner], narrow)
+    outside = full.copy()
+    outside[tuple(slice(int(p), int(p) + n) for p, n in zip(wide, mask.shape, strict=True))] = 0
+    assert outside.max() < 0.5
+
+
 def test_empty_labels():
     labels = np.zeros((4, 5, 6), dtype=np.uint16)
     assert measure_objects(labels, ISOTROPIC) == []
@@ -341,6 +424,11 @@ def test_empty_labels():
         (lambda: measure_objects(np.zeros((4, 4, 4), int), (0.1, 0.1)), "voxel_size"),
         (lambda: measure_objects(np.zeros((4, 4, 4), int), ISOTROPIC, axis=(0, 0, 0)), "axis"),
         (lambda: measure_objects(np.zeros((4, 4, 4), int), ISOTROPIC, method="pca"), "method"),
+        (lambda: measure_objects(np.zeros((4, 4, 4), int), ISOTROPIC, engine="gpu"), "engine"),
+        (
+            lambda: measure_objects_chunked(np.zeros((4, 4, 4), int), ISOTROPIC, engine="gpu"),
+            "engine must be one of fast, reference",
+        ),
         (lambda: estimate_myofibril_axis(np.zeros((4, 4)), ISOTROPIC), "3D"),
         (lambda: estimate_sarcomere_length(np.zeros((4, 4, 4)), ISOTROPIC, (0, 0, 0)), "axis"),
         (lambda: summarise([], (4, 4), ISOTROPIC), "image_shape"),

@@ -30,9 +30,24 @@ the same engine. The two give identical labels, including for objects cut by sla
 Memory is bounded by one slab plus the z-extent of the deepest mask component (full slices),
 plus the output array (which may be a ``np.memmap``).
 
-Per-voxel costs and faster libraries: see ``shared/ECOSYSTEM.md``. This module uses only
-numpy, scipy and scikit-image; ``opencv`` (per-slice blur) and ``connected-components-3d``
-(slab labelling) would speed up the two full-volume steps if they were available.
+Engines. Every public function takes ``engine``: ``"fast"`` (default) or ``"reference"``. Both
+give *identical* labels (tested); they differ only in how the steps are computed:
+
+* ``"reference"``: the plain scipy/scikit-image primitives, as the algorithm reads: per-slice
+  ``scipy.ndimage.gaussian_filter``, ``scipy.ndimage.label`` + ``bincount`` + ``find_objects``
+  for the mask components, and a scikit-image watershed for every component that has a seed.
+  It is the reference of the tests and the naive path of benchmark B3.
+* ``"fast"``: the mask is labelled by ``cc3d.connected_components`` in blocks of at most
+  ``_FAST_LABEL_VOXELS`` voxels (3D mode; the 2D mode keeps scipy's labelling), counted slice
+  by slice; a component box holding no other component needs no relabelling; the slices are
+  blurred by ``cv2.GaussianBlur`` (scipy's kernel radius and reflecting border; the two differ
+  by float32 rounding only, about 1e-7), and a slice holding a blurred value within
+  ``_SEED_GUARD`` of the seed level is blurred again by scipy, so the seeds are scipy's; a
+  component with exactly one seed is the object itself (a watershed from one marker floods
+  the whole connected mask and draws no line), so the watershed runs only on components with
+  several seeds, on scipy's blur of the component's box with a margin of the kernel radius
+  (the same floats as the whole-slice blur). Per-voxel costs: see ``shared/ECOSYSTEM.md``;
+  figures in ``benchmarks/RESULTS.md`` (B3).
 """
 
 from __future__ import annotations
@@ -52,6 +67,8 @@ from seglab.io.parallel import Backend, MappedArray, check_backend, mapped_refer
 from seglab.progress import ProgressCallback
 
 __all__ = [
+    "ENGINES",
+    "Engine",
     "InstanceMatch",
     "SplitParams",
     "SplitResult",
@@ -62,6 +79,16 @@ __all__ = [
 ]
 
 SplitMode = Literal["3d", "2d"]
+#: ``"fast"`` (opencv, cc3d and one-seed components without watershed) or ``"reference"``
+#: (plain scipy/scikit-image); identical labels (module docstring).
+Engine = Literal["fast", "reference"]
+ENGINES: tuple[str, ...] = ("fast", "reference")
+
+#: A fast-engine blurred pixel this close to the seed level (on the 0..1 scale) makes its slice
+#: be blurred again by scipy, so that the seeds are exactly scipy's: opencv's float32 blur
+#: differs from scipy's by one float32 rounding step (measured at most 1.2e-7 on study-size
+#: maps, where the nearest blurred value lies 2.3e-6 from the level).
+_SEED_GUARD = 1e-6
 
 #: Tolerance (grey levels) when float maps in 0..1 are compared with thresholds on 0..255, so
 #: that ``uint8_map / 255`` gives the same mask as ``uint8_map``.
@@ -189,6 +216,8 @@ def split_instances(
     object_map: np.ndarray,
     contour_map: np.ndarray,
     params: SplitParams | None = None,
+    *,
+    engine: Engine = "fast",
 ) -> SplitResult:
     """Split object and contour probability maps into labelled instances (study B).
 
@@ -199,6 +228,10 @@ def split_instances(
         0..255, float in 0..1, or bool. A 2D map is one slice.
     params : SplitParams, optional
         Thresholds, blur, seed level, minimum size and mode; defaults to ``SplitParams()``.
+    engine : {"fast", "reference"}
+        ``"fast"`` (default) uses opencv and cc3d and skips the watershed of one-seed
+        components; ``"reference"`` runs the plain scipy/scikit-image primitives. The labels
+        are identical (module docstring).
 
     Returns
     -------
@@ -208,8 +241,8 @@ def split_instances(
     Raises
     ------
     SeglabError
-        If the maps differ in shape, are not 2D or 3D, have an unsupported dtype, or a float
-        map has values outside [0, 1].
+        If the maps differ in shape, are not 2D or 3D, have an unsupported dtype, a float
+        map has values outside [0, 1], or ``engine`` is unknown.
 
     Notes
     -----
@@ -221,8 +254,11 @@ def split_instances(
     use :func:`split_instances_chunked`, which gives identical labels.
     """
     params = params if params is not None else SplitParams()
+    _check_engine(engine)
     object_map, contour_map, flat = _validated_maps(object_map, contour_map)
-    result = _split(object_map, contour_map, params, slab=max(1, object_map.shape[0]))
+    result = _split(
+        object_map, contour_map, params, slab=max(1, object_map.shape[0]), engine=engine
+    )
     if flat:
         result.labels = result.labels[0]
     return result
@@ -239,6 +275,7 @@ def split_instances_chunked(
     backend: Backend = "serial",
     workers: int | None = None,
     scheduler: str | None = None,
+    engine: Engine = "fast",
 ) -> SplitResult:
     """Split instances slab by slab with bounded memory; identical to :func:`split_instances`.
 
@@ -267,6 +304,8 @@ def split_instances_chunked(
         With ``backend="dask"``: ``"threads"``, ``"processes"`` or ``"synchronous"``, passed
         to ``dask.compute``; None (default) uses dask's default, i.e. threads, or the active
         ``dask.distributed`` client when there is one.
+    engine : {"fast", "reference"}
+        As in :func:`split_instances` (identical labels).
 
     Returns
     -------
@@ -276,8 +315,8 @@ def split_instances_chunked(
     Raises
     ------
     SeglabError
-        As :func:`split_instances`, for a bad ``slab``, ``out``, ``backend``, ``workers`` or
-        ``scheduler``, and when ``backend="dask"`` but dask is not installed.
+        As :func:`split_instances`, for a bad ``slab``, ``out``, ``backend``, ``workers``,
+        ``scheduler`` or ``engine``, and when ``backend="dask"`` but dask is not installed.
 
     Notes
     -----
@@ -305,6 +344,7 @@ def split_instances_chunked(
     every worker sees under the same path.
     """
     params = params if params is not None else SplitParams()
+    _check_engine(engine)
     object_map, contour_map, flat = _validated_maps(object_map, contour_map)
     if flat:
         raise SeglabError(
@@ -329,6 +369,7 @@ def split_instances_chunked(
         backend=backend,
         workers=workers,
         scheduler=scheduler,
+        engine=engine,
     )
 
 
@@ -446,6 +487,14 @@ def instance_f1(predicted: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> I
 # --------------------------------------------------------------------------------------------
 
 
+def _check_engine(engine: object) -> None:
+    if engine not in ENGINES:
+        raise SeglabError(
+            f"engine must be one of {', '.join(ENGINES)}, got {engine!r}",
+            "pass engine='fast' (default) or engine='reference' (plain scipy/scikit-image)",
+        )
+
+
 def _is_real(value: object) -> bool:
     return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
 
@@ -553,15 +602,63 @@ class _Components:
     voxels: np.ndarray  # (n, 3) int64: one (z, y, x) voxel of the component
 
 
+#: Voxels per block labelled at a time by the fast engine's pass 1: below glibc's largest
+#: mmap threshold (32 MiB) as uint32 labels, so the blocks reuse heap memory; fresh pages of a
+#: 64-slice slab's labels cost more than the labelling itself on these machines.
+_FAST_LABEL_VOXELS = 8 * 1024 * 1024
+
+
+def _cc3d_dtype(mask: np.ndarray) -> type:
+    """Return the label dtype for cc3d: uint32 unless the block could hold more pieces.
+
+    Naming it is 4x faster than letting cc3d choose (it first estimates the piece count).
+    """
+    return np.uint32 if mask.size < np.iinfo(np.uint32).max else np.uint64
+
+
+def _label_pieces(
+    mask: np.ndarray, structure: np.ndarray, engine: Engine
+) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """Label a slab's mask: ``(labels, n, voxel counts (n,), boxes (n, 6) z0 z1 y0 y1 x0 x1)``.
+
+    Stops are exclusive; the boxes are in slab coordinates. Same pieces with either engine
+    (the numbering may differ; only the partition is used).
+    """
+    fast = engine == "fast"
+    labels, n = _label(mask, structure, fast)
+    if not n:
+        return labels, 0, np.zeros(0, np.int64), np.zeros((0, 6), np.int64)
+    if fast:  # slice by slice: no int64 copy of the whole block
+        counts = np.zeros(n + 1, dtype=np.int64)
+        for plane in labels:
+            counts += np.bincount(plane.ravel(), minlength=n + 1)
+        counts = counts[1:]
+    else:
+        counts = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64)
+    boxes = np.array(
+        [[s.start for s in b] + [s.stop for s in b] for b in ndimage.find_objects(labels)],
+        dtype=np.int64,
+    )[:, [0, 3, 1, 4, 2, 5]]
+    return labels, int(n), counts, boxes
+
+
 def _find_components(
     object_map: np.ndarray,
     params: SplitParams,
     structure: np.ndarray,
     slab: int,
     progress: ProgressCallback | None,
+    engine: Engine = "reference",
 ) -> _Components:
-    """Pass 1: label the object mask slab by slab and join pieces across slab boundaries."""
+    """Pass 1: label the object mask slab by slab and join pieces across slab boundaries.
+
+    The fast engine labels blocks of at most ``_FAST_LABEL_VOXELS`` voxels (label arrays that
+    the allocator reuses instead of mapping fresh pages for every slab).
+    """
     depth = object_map.shape[0]
+    if engine == "fast":
+        plane = max(1, object_map.shape[1] * object_map.shape[2])
+        slab = max(1, min(slab, _FAST_LABEL_VOXELS // plane))
     boxes: list[np.ndarray] = []
     sizes: list[np.ndarray] = []
     voxels: list[np.ndarray] = []
@@ -572,27 +669,17 @@ def _find_components(
     for start in range(0, depth, slab):
         stop = min(depth, start + slab)
         mask = _at_least(np.asarray(object_map[start:stop]), params.object_threshold, "object_map")
-        labels, n = ndimage.label(mask, structure=structure)
+        labels, n, counts, slab_boxes = _label_pieces(mask, structure, engine)
         del mask
         if n:
-            counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-            slab_boxes = np.zeros((n, 6), dtype=np.int64)
             slab_voxels = np.zeros((n, 3), dtype=np.int64)
-            for index, box in enumerate(ndimage.find_objects(labels)):
-                z, y, x = box
-                slab_boxes[index] = (
-                    z.start + start,
-                    z.stop + start,
-                    y.start,
-                    y.stop,
-                    x.start,
-                    x.stop,
-                )
-                first_plane = labels[z.start, y, x] == index + 1
+            for index, (z0, _, y0, y1, x0, x1) in enumerate(slab_boxes.tolist()):
+                first_plane = labels[z0, y0:y1, x0:x1] == index + 1
                 j, i = np.unravel_index(int(np.argmax(first_plane)), first_plane.shape)
-                slab_voxels[index] = (z.start + start, j + y.start, i + x.start)
+                slab_voxels[index] = (z0 + start, j + y0, i + x0)
+            slab_boxes[:, :2] += start
             boxes.append(slab_boxes)
-            sizes.append(counts.astype(np.int64))
+            sizes.append(counts)
             voxels.append(slab_voxels)
         union_find.grow(offset + n)
         first = labels[0]
@@ -602,8 +689,10 @@ def _find_components(
             if touching.any():
                 below = previous_last[touching].astype(np.int64)
                 above = first[touching].astype(np.int64) + offset
-                for a, b in np.unique(np.stack([below, above]), axis=1).T:
-                    union_find.union(int(a) - 1, int(b) - 1)
+                # Distinct pairs as one int64 key each (ids < 2**31): a plain sort.
+                pairs = np.unique((below << 32) | above)
+                for a, b in zip((pairs >> 32).tolist(), (pairs & 0xFFFFFFFF).tolist(), strict=True):
+                    union_find.union(a - 1, b - 1)
         last = labels[-1].astype(np.int64)
         last[last != 0] += offset
         previous_last = last
@@ -659,10 +748,11 @@ def _split(
     backend: Backend = "serial",
     workers: int | None = None,
     scheduler: str | None = None,
+    engine: Engine = "fast",
 ) -> SplitResult:
     shape = object_map.shape
     structure = _structure(params.mode)
-    components = _find_components(object_map, params, structure, slab, progress)
+    components = _find_components(object_map, params, structure, slab, progress, engine)
     labels = out if out is not None else np.zeros(shape, dtype=np.uint32)
     if out is not None:
         for start in range(0, shape[0], slab):
@@ -692,7 +782,9 @@ def _split(
                     start,
                     components.boxes[mine],
                     components.voxels[mine],
+                    components.sizes[mine],
                     shape,
+                    engine,
                 ):
                     _commit(labels, objects, found)
             if progress is not None:
@@ -709,7 +801,9 @@ def _split(
                     start,
                     components.boxes[mine],
                     components.voxels[mine],
+                    components.sizes[mine],
                     shape,
+                    engine,
                 ),
             )
             for start, _, extended_stop, mine in busy
@@ -739,14 +833,18 @@ def _split_slab_task(
     start: int,
     boxes: np.ndarray,
     voxels: np.ndarray,
+    sizes: np.ndarray,
     shape: tuple[int, ...],
+    engine: Engine,
 ) -> list[_ComponentObjects]:
     """Dask task: split the components of one slab (maps given by reference or as arrays)."""
     object_block, contour_block = (
         source.open() if isinstance(source, MappedArray) else source
         for source in (object_source, contour_source)
     )
-    return list(_split_slab(object_block, contour_block, params, start, boxes, voxels, shape))
+    return list(
+        _split_slab(object_block, contour_block, params, start, boxes, voxels, sizes, shape, engine)
+    )
 
 
 def _split_slab(
@@ -756,23 +854,25 @@ def _split_slab(
     start: int,
     boxes: np.ndarray,
     voxels: np.ndarray,
+    sizes: np.ndarray,
     shape: tuple[int, ...],
+    engine: Engine,
 ) -> Iterator[_ComponentObjects]:
-    """Split the components (boxes, one voxel each) whose slices lie in the given blocks.
+    """Split the components (boxes, one voxel and voxel count each) in the given blocks.
 
     The blocks are the maps' slices ``start..start + len(block)``; components without objects
     yield nothing.
     """
     structure = _structure(params.mode)
-    block = _SeedBlock(object_block, contour_block, params, start)
-    for box, voxel in zip(boxes, voxels, strict=True):
-        found = _split_component(block, box, voxel, params, structure, shape)
+    block = _SeedBlock(object_block, contour_block, params, start, engine)
+    for box, voxel, size in zip(boxes, voxels, sizes.tolist(), strict=True):
+        found = _split_component(block, box, voxel, size, params, structure, shape)
         if found is not None:
             yield found
 
 
 class _SeedBlock:
-    """Object mask, blurred rough split image and seeds of full slices from ``start`` on."""
+    """Object mask, rough split image, seeds (and, exact engine, blur) of slices from ``start``."""
 
     def __init__(
         self,
@@ -780,48 +880,135 @@ class _SeedBlock:
         contour_block: np.ndarray,
         params: SplitParams,
         start: int,
+        engine: Engine,
     ) -> None:
         self.start = start
+        self.sigma = float(params.sigma)
+        self.fast = engine == "fast"
         self.mask = _at_least(np.asarray(object_block), params.object_threshold, "object_map")
         contour = _at_least(np.asarray(contour_block), params.contour_threshold, "contour_map")
-        rough = self.mask & ~contour
+        # rough = mask & ~contour, in place (no slab-sized temporaries)
+        self.rough = np.logical_not(contour, out=contour)
+        self.rough &= self.mask
         del contour
-        self.blurred = rough.astype(np.float32)
-        if params.sigma > 0:
-            # 2D blur of each slice, as the study; sigma 0 along z keeps slices independent.
-            for k in range(self.blurred.shape[0]):
-                self.blurred[k] = ndimage.gaussian_filter(
-                    self.blurred[k], params.sigma, mode="reflect"
-                )
         # The study keeps pixels at 255 on uint8 images: blurred * 255 rounds to >= level.
         level = np.float32((params.seed_level * 255.0 - 0.5) / 255.0)
-        self.seeds = (self.blurred >= level) & rough
+        self.blurred: np.ndarray | None = None
+        if self.fast and self.sigma > 0:
+            # Seeds from opencv's blur, slice by slice; the blur itself is not kept (the
+            # watershed gets scipy's blur of its box from :meth:`watershed_image`).
+            self.seeds = _seeds_opencv(self.rough, self.sigma, level)
+        else:
+            self.blurred = _blur_slices(self.rough, self.sigma)
+            self.seeds = (self.blurred >= level) & self.rough
+
+    def watershed_image(self, local: tuple[slice, slice, slice]) -> np.ndarray:
+        """Return scipy's blurred image in the block-local box ``local`` (watershed input)."""
+        if self.blurred is not None:
+            return self.blurred[local]
+        # scipy's blur of the box with a margin of the kernel radius (clipped at the image
+        # edges, where the reflection is the same) equals the whole-slice blur inside the box.
+        radius = _blur_radius(self.sigma)
+        z, y, x = local
+        height, width = self.rough.shape[1:]
+        y0, x0 = max(0, y.start - radius), max(0, x.start - radius)
+        y1, x1 = min(height, y.stop + radius), min(width, x.stop + radius)
+        blurred = _blur_slices(self.rough[z, y0:y1, x0:x1], self.sigma)
+        return blurred[:, y.start - y0 : y.stop - y0, x.start - x0 : x.stop - x0]
+
+
+def _blur_radius(sigma: float) -> int:
+    """Kernel radius of ``scipy.ndimage.gaussian_filter`` (``truncate=4.0``), in pixels."""
+    return int(4.0 * sigma + 0.5)
+
+
+def _blur_slices(rough: np.ndarray, sigma: float) -> np.ndarray:
+    """Blur each slice of a binary image in 2D with scipy (float32, reflecting border)."""
+    blurred = rough.astype(np.float32)
+    if sigma > 0:
+        # 2D blur of each slice, as the study; sigma 0 along z keeps slices independent.
+        for k in range(blurred.shape[0]):
+            blurred[k] = ndimage.gaussian_filter(blurred[k], sigma, mode="reflect")
+    return blurred
+
+
+def _seeds_opencv(rough: np.ndarray, sigma: float, level: np.float32) -> np.ndarray:
+    """``(_blur_slices(rough, sigma) >= level) & rough``, blurring by ``cv2.GaussianBlur``.
+
+    opencv gets scipy's kernel radius and border (``BORDER_REFLECT`` is scipy's ``"reflect"``);
+    its float32 sums differ from scipy's by rounding only, so a slice with a blurred value
+    within ``_SEED_GUARD`` of ``level`` is blurred again by scipy.
+    """
+    import cv2
+
+    size = 2 * _blur_radius(sigma) + 1
+    low, high = level - np.float32(_SEED_GUARD), level + np.float32(_SEED_GUARD)
+    seeds = np.empty(rough.shape, dtype=bool)
+    for k in range(rough.shape[0]):
+        blurred = cv2.GaussianBlur(
+            rough[k].astype(np.float32), (size, size), sigma, borderType=cv2.BORDER_REFLECT
+        )
+        above = blurred >= low
+        if np.any(above & (blurred <= high)):
+            blurred = _blur_slices(rough[k : k + 1], sigma)[0]
+            above = blurred >= level
+        np.logical_and(above, rough[k], out=seeds[k])
+    return seeds
+
+
+def _label(mask: np.ndarray, structure: np.ndarray, fast: bool) -> tuple[np.ndarray, int]:
+    """``scipy.ndimage.label``, by cc3d when fast and in 3D (same partition, other numbers)."""
+    if fast and structure[0].any():
+        import cc3d
+
+        labels, n = cc3d.connected_components(
+            mask, connectivity=6, return_N=True, out_dtype=_cc3d_dtype(mask)
+        )
+        return labels, int(n)
+    labels, n = ndimage.label(mask, structure=structure)
+    return labels, int(n)
 
 
 def _split_component(
     block: _SeedBlock,
     box: np.ndarray,
     voxel: np.ndarray,
+    size: int,
     params: SplitParams,
     structure: np.ndarray,
     shape: tuple[int, ...],
 ) -> _ComponentObjects | None:
-    """Label the seeds of one object-mask component and grow them inside it.
+    """Label the seeds of one object-mask component (``size`` voxels) and grow them inside it.
 
     Returns the kept objects numbered ``1..k`` in order of their seed labels, or None.
     """
     z0, z1, y0, y1, x0, x1 = (int(v) for v in box)
     local = (slice(z0 - block.start, z1 - block.start), slice(y0, y1), slice(x0, x1))
     mask = block.mask[local]
-    pieces, _ = ndimage.label(mask, structure=structure)
-    component = pieces == pieces[voxel[0] - z0, voxel[1] - y0, voxel[2] - x0]
-    del pieces
+    if block.fast and np.count_nonzero(mask) == size:
+        component = mask  # no other component reaches into the box
+    else:
+        pieces, _ = _label(mask, structure, block.fast)
+        component = pieces == pieces[voxel[0] - z0, voxel[1] - y0, voxel[2] - x0]
+        del pieces
     seeds = block.seeds[local] & component
     if not seeds.any():
         return None
-    markers, n_seeds = ndimage.label(seeds, structure=structure)
+    markers, n_seeds = _label(seeds, structure, block.fast)
+    if n_seeds == 1 and block.fast:
+        # One marker floods the whole connected mask and draws no watershed line: the object
+        # is the component (size >= min_size, see _split), its box the component's box.
+        z, y, x = np.unravel_index(int(np.argmax(component)), component.shape)
+        first_index = int(np.ravel_multi_index((z + z0, y + y0, x + x0), shape))
+        touches = min(z0, y0, x0) == 0 or any(
+            e == n for e, n in zip((z1, y1, x1), shape, strict=True)
+        )
+        ids = np.ascontiguousarray(component).view(np.uint8)
+        return _ComponentObjects(
+            (z0, z1, y0, y1, x0, x1), ids, [first_index], [bool(touches)], [int(size)]
+        )
     grown = watershed(
-        -block.blurred[local],
+        -block.watershed_image(local),
         markers,
         connectivity=structure,
         mask=component,
@@ -862,8 +1049,7 @@ def _commit(labels: np.ndarray, objects: _Objects, found: _ComponentObjects) -> 
         )
     z0, z1, y0, y1, x0, x1 = found.box
     target = labels[z0:z1, y0:y1, x0:x1]
-    inside = found.ids != 0
-    target[inside] = found.ids[inside].astype(np.uint32) + np.uint32(offset)
+    np.copyto(target, found.ids + np.uint32(offset), where=found.ids != 0)
     objects.first_index.extend(found.first_index)
     objects.touches_border.extend(found.touches_border)
     objects.voxel_counts.extend(found.voxel_counts)
@@ -878,10 +1064,14 @@ def _relabel(
     lookup = np.zeros(n + 1, dtype=np.uint32)
     lookup[order + 1] = np.arange(1, n + 1, dtype=np.uint32)
     depth = labels.shape[0]
+    # Blocks of at most _FAST_LABEL_VOXELS (the temporary reuses heap memory), progress by slab.
+    plane = max(1, labels.shape[1] * labels.shape[2])
+    step = max(1, min(slab, _FAST_LABEL_VOXELS // plane))
     if n:
         for start in range(0, depth, slab):
-            part = labels[start : start + slab]
-            part[...] = lookup[part]
+            for block in range(start, min(depth, start + slab), step):
+                part = labels[block : min(start + slab, block + step)]
+                part[...] = lookup[part]
             if progress is not None:
                 progress("relabelling", min(depth, start + slab) / depth)
     touches = np.asarray(objects.touches_border, dtype=bool)[order] if n else np.zeros(0, bool)
