@@ -8,8 +8,11 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
+# Generated benchmark data (about 10 GB, reused between runs); BENCH_ARGS e.g. --quick or --only B1
+BENCH_WORK ?= /tmp/seglab-bench
+BENCH_ARGS ?=
 
-.PHONY: setup demo test lint ui clean
+.PHONY: setup demo test bench lint ui clean
 
 setup: $(STAMP)
 
@@ -26,6 +29,9 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py $(BENCH_WORK) $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,14 +3,15 @@
 Usage::
 
     .venv/bin/python benchmarks/b3_postprocess.py [WORK] [--slices 690] [--small 128]
-        [--slab 64] [--meshes ply] [--skip-full] [--no-record]
+        [--slab 64] [--meshes ply] [--skip-full]
 
 WORK (default ``/tmp/seglab-bench``) keeps the generated cell-B SEM phantom's ideal probability
 maps (``maps/object.tif``: 255 inside mitochondria, ``maps/contour.tif``: 255 on their per-slice
 outlines; uint8, uncompressed, written slab by slab) and is reused by later runs.
 
-Then, each in its own child process whose wall time and peak RSS (``os.wait4`` rusage, i.e.
-``ru_maxrss`` of that child alone) are recorded:
+Then, each in its own child process (with the seglab command's malloc settings and one OpenMP
+thread) whose wall time and peak RSS (``os.wait4`` rusage, i.e. ``ru_maxrss`` of that child
+alone) are recorded:
 
 1. ``full``: :func:`seglab.workflows.morphometry.postprocess_stack` on the whole stack (maps ->
    labels.tif, instances.csv, summary.json, figures, meshes), streaming from the TIFF memmaps;
@@ -26,8 +27,8 @@ Then, each in its own child process whose wall time and peak RSS (``os.wait4`` r
 
 ``--skip-full`` leaves out step 1 (a short run at ``--small`` slices).
 
-Prints a table and writes the section "B3 stack post-processing and morphometry" of
-``benchmarks/RESULTS.md`` (other sections are kept).
+Prints progress and, last, one JSON line read by ``benchmarks/run.py`` (which writes
+``RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -35,17 +36,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "RESULTS.md"
-SECTION = "## B3 stack post-processing and morphometry"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import emit, run_child  # noqa: E402
+
 CHILD_FLAG = "--child"
 
 
@@ -162,7 +162,7 @@ def child(task: str, maps: str, out: str, slab: int, meshes: str) -> None:
         (Path(out) / "labels.npy").unlink()
     else:
         raise SystemExit(f"unknown task {task}")
-    print(json.dumps(result))
+    emit(result)
 
 
 def _table(measured: list) -> np.ndarray:
@@ -223,7 +223,13 @@ def compare_tables(naive: np.ndarray, chunked: np.ndarray) -> dict:
 
 
 def measure_child(task: str, maps: Path, out: Path, slab: int, meshes: str) -> dict:
-    """Run a task in a child process; return its result with wall time and peak RSS."""
+    """Run a task in a child process; return its result with wall time, CPU and peak RSS.
+
+    The child gets the seglab command's malloc settings (:mod:`seglab.allocator`) and one
+    OpenMP thread, whichever engine it runs.
+    """
+    from seglab.allocator import ALLOCATOR_SETTINGS, MARKER
+
     out.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
@@ -235,58 +241,20 @@ def measure_child(task: str, maps: Path, out: Path, slab: int, meshes: str) -> d
         str(slab),
         meshes,
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True)
-    stdout = process.stdout.read() if process.stdout else ""
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"child {task} failed with exit code {process.returncode}")
-    result = json.loads(stdout.strip().splitlines()[-1])
+    env = {**os.environ, **ALLOCATOR_SETTINGS, MARKER: "tuned", "OMP_NUM_THREADS": "1"}
+    result = run_child(command, env=env, label=f"{task}: ")
+    process = result.pop("process")
     result.update(
         task=task,
-        wall_s=wall,
-        cpu_s=usage.ru_utime + usage.ru_stime,
-        peak_rss_gib=usage.ru_maxrss / 2**20,  # kB on Linux
+        wall_s=process["wall_s"],
+        cpu_s=process["cpu_s"],
+        peak_rss_gib=process["peak_rss_gib"],
     )
     return result
 
 
-# --------------------------------------------------------------------------------------------
-# Report
-# --------------------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    """Cores, memory and load of this machine."""
-    cores = os.cpu_count()
-    with open("/proc/meminfo") as fh:
-        total_kb = int(fh.readline().split()[1])
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    return (
-        f"{cores} cores, {total_kb / 2**20:.0f} GiB RAM, "
-        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
-        f"load average before the run {load}"
-    )
-
-
-def record(text: str) -> None:
-    """Replace (or append) the B3 section of RESULTS.md."""
-    old = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    if SECTION in old:
-        head, rest = old.split(SECTION, 1)
-        tail = rest.split("\n## ", 1)
-        rest = "\n## " + tail[1] if len(tail) == 2 else ""
-        new = head + text + rest
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(new)
-
-
 def main() -> None:
-    """Prepare, run the four measured tasks, print and record the table."""
+    """Prepare, run the measured tasks, print the JSON result (last line)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("work", nargs="?", default="/tmp/seglab-bench", type=Path)
     parser.add_argument("--slices", type=int, default=690, help="slices of the full run")
@@ -294,14 +262,11 @@ def main() -> None:
     parser.add_argument("--slab", type=int, default=64)
     parser.add_argument("--meshes", default="ply", choices=["ply", "obj", "stl", "none"])
     parser.add_argument("--skip-full", action="store_true", help="leave out the full run")
-    parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     work: Path = args.work
-    about = machine()
     start = time.perf_counter()
     info = prepare(work, args.slab)
-    prepared = time.perf_counter() - start
-    print(f"maps ready in {prepared:.0f} s: {info}", flush=True)
+    print(f"maps ready in {time.perf_counter() - start:.0f} s", flush=True)
     full_maps = (
         work / "maps"
         if args.slices >= info["shape"][0]
@@ -309,78 +274,38 @@ def main() -> None:
     )
     small_maps = crop_maps(work, args.small, args.slab)
     runs = {}
+    steps = [
+        ("naive", small_maps, work / "naive", "none"),
+        ("chunked", small_maps, work / "chunked", "none"),
+        ("postprocess", small_maps, work / f"out_{args.small}", args.meshes),
+    ]
     if not args.skip_full:
-        runs["full"] = measure_child(
-            "postprocess", full_maps, work / f"out_{args.slices}", args.slab, args.meshes
+        steps.insert(0, ("full", full_maps, work / f"out_{args.slices}", args.meshes))
+    for name, maps, out, meshes in steps:
+        task = "postprocess" if name == "full" else name
+        print(f"{name}: {task} on {maps.name}", flush=True)
+        runs[name] = measure_child(task, maps, out, args.slab, meshes)
+        print(
+            f"{name}: {runs[name]['wall_s']:.1f} s, {runs[name]['peak_rss_gib']:.2f} GiB",
+            flush=True,
         )
-        print(runs["full"], flush=True)
-    runs["naive"] = measure_child("naive", small_maps, work / "naive", args.slab, "none")
-    print(runs["naive"], flush=True)
-    runs["chunked"] = measure_child("chunked", small_maps, work / "chunked", args.slab, "none")
-    print(runs["chunked"], flush=True)
-    runs["postprocess"] = measure_child(
-        "postprocess", small_maps, work / f"out_{args.small}", args.slab, args.meshes
-    )
-    print(runs["postprocess"], flush=True)
     naive = np.load(work / "naive" / "naive.npy")
     chunked = np.load(work / "chunked" / "chunked.npy")
     agreement = compare_tables(naive, chunked)
-    y, x = info["shape"][1:]
-    rows = [
-        *(
-            [("postprocess_stack (maps -> outputs)", args.slices, runs["full"])]
-            if "full" in runs
-            else []
-        ),
-        ("naive: split_instances + measure_objects (reference engine)", args.small, runs["naive"]),
-        (
-            "chunked: split_instances_chunked + measure_objects_chunked (fast engine)",
-            args.small,
-            runs["chunked"],
-        ),
-        ("postprocess_stack (maps -> outputs)", args.small, runs["postprocess"]),
-    ]
-    lines = [
-        SECTION,
-        "",
-        f"Machine: {about}. Each step runs in its own child process (`OMP_NUM_THREADS=1`); "
-        "peak RSS is that child's `ru_maxrss`.",
-        "",
-        f"Input: ideal uint8 probability maps (first N slices) of the cell-B SEM phantom "
-        f"({info['shape'][0]} x {y} x {x} voxels of "
-        f"{' x '.join(f'{v:.4g}' for v in info['voxel_size_um'])} um, {info['objects']} "
-        f"mitochondria, {info['objects_interior']} not touching the border), uncompressed TIFF "
-        f"read through memory maps; slab {args.slab} slices, meshes {args.meshes}.",
-        "",
-        "| step | slices | objects | wall (s) | CPU (s) | peak RSS (GiB) |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for name, slices, run in rows:
-        lines.append(
-            f"| {name} | {slices} | {run['count']} | {run['wall_s']:.1f} | {run['cpu_s']:.1f} "
-            f"| {run['peak_rss_gib']:.2f} |"
-        )
-    speedup = runs["naive"]["wall_s"] / runs["chunked"]["wall_s"]
-    ratio_rss = runs["chunked"]["peak_rss_gib"] / runs["naive"]["peak_rss_gib"]
-    lines += [
-        "",
-        f"At {args.small} slices, chunked (fast engine) is {speedup:.2f} times as fast as naive "
-        f"(reference engine), peak RSS x{ratio_rss:.2f}; agreement: {agreement['text']}.",
-    ]
-    phases = (runs["full"].get("phases_s") or {}) if "full" in runs else {}
-    if phases:
-        lines.append(
-            f"Phases of the {args.slices}-slice run (s): "
-            + ", ".join(f"{k} {v:.1f}" for k, v in phases.items())
-            + "."
-        )
-    lines.append("")
-    text = "\n".join(lines)
-    print(text)
     if not agreement["ok"]:
         raise SystemExit(f"chunked and naive measurements disagree: {agreement['text']}")
-    if not args.no_record:
-        record(text)
+    emit(
+        {
+            "benchmark": "B3",
+            "phantom": info,
+            "slices": args.slices,
+            "small": args.small,
+            "slab": args.slab,
+            "meshes": args.meshes,
+            "runs": runs,
+            "agreement": agreement,
+        }
+    )
 
 
 if __name__ == "__main__":

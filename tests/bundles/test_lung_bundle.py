@@ -152,9 +152,13 @@ def check_tracked_run(store: Path, dataset: Path) -> None:
     assert params["loss_name"] == "mse" and params["tiling_preset"] == "no-overlap"
     assert params["learning_rate"] == "0.01" and params["epochs"] == "2"
     assert params["network_options.channels"] == "[4, 8]"
-    for name in ("train_loss", "train_mean_dice", "val_mean_dice", "learning_rate"):
+    assert params["compile"] == "auto"  # a two-epoch run stays eager (too short to pay)
+    throughput = ("train_patches_per_s", "train_data_wait_share", "train_step_s")
+    for name in ("train_loss", "train_mean_dice", "val_mean_dice", "learning_rate", *throughput):
         history = client.get_metric_history(run.info.run_id, name)
         assert [m.step for m in history] == [1, 2], name
+    for m in client.get_metric_history(run.info.run_id, "train_data_wait_share"):
+        assert 0.0 <= m.value <= 1.0
     for name in ("background", "airway", "bud", "proximal", "artery", "vein"):
         history = client.get_metric_history(run.info.run_id, f"val_class_dice_{name}")
         assert [m.step for m in history] == [1, 2], name

@@ -1,7 +1,8 @@
 """Pieces that MONAI bundle configs point at, and prediction outside a bundle.
 
-Data lists, the tiling inferer, the label writer, per-epoch checkpoints, exact resume and
-initial (pre-trained) weights.
+Data lists, the tiling inferer, the label writer, per-epoch checkpoints, exact resume,
+initial (pre-trained) weights, training throughput, and the choice to ``torch.compile``
+(:mod:`seglab.bundle.acceleration`).
 
 :mod:`seglab.bundle.predict` runs a trained network on an image or a stack outside a bundle
 (e.g. in a registered model's wrapper) and writes probability and label maps.
@@ -10,6 +11,7 @@ Bundle configs (``bundles/<name>/configs/*.json``) refer to these by dotted path
 ``"_target_": "seglab.bundle.TilingInferer"``. Nothing here runs at import time beyond imports.
 """
 
+from seglab.bundle.acceleration import NetworkRunner, compile_training
 from seglab.bundle.checkpoint import (
     EpochCheckpoint,
     EpochSeeder,
@@ -25,6 +27,7 @@ from seglab.bundle.predict import (
     write_label_map,
     write_probability_maps,
 )
+from seglab.bundle.throughput import TrainingThroughput
 from seglab.bundle.writers import LabelMapWriter
 
 __all__ = [
@@ -32,9 +35,12 @@ __all__ = [
     "EpochSeeder",
     "InitialWeights",
     "LabelMapWriter",
+    "NetworkRunner",
     "ResumeFromCheckpoint",
     "TilingInferer",
+    "TrainingThroughput",
     "class_weights_for",
+    "compile_training",
     "dataset_dicts",
     "predict_image",
     "predict_stack",

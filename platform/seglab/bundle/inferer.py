@@ -22,6 +22,7 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
+from seglab.bundle.acceleration import NetworkRunner, even_batches
 from seglab.d4 import D4Element, d4_subset
 from seglab.errors import SeglabError
 from seglab.tiling import PadMode, Weighting, extract_tiles, stitch
@@ -75,6 +76,13 @@ class TilingInferer(Inferer):
         ``"gaussian"``), giving a per-pixel mean instead of the study's sum. With
         ``activation="softmax"`` the result is then class probabilities that sum to 1 at each
         pixel. The argmax is the same either way.
+    compile : {"auto", "on", "off"}
+        ``torch.compile`` the network (:class:`seglab.bundle.acceleration.NetworkRunner`):
+        ``"auto"`` once it has run enough tiles eagerly to pay for the compilation. Outputs
+        equal the eager ones up to float rounding.
+    precision : {"float32", "bfloat16"}
+        ``"bfloat16"`` runs the network under autocast (opt-in; faster on CPUs with bf16
+        instructions and on GPUs, and changes a few argmax pixels).
 
     Notes
     -----
@@ -98,6 +106,8 @@ class TilingInferer(Inferer):
         activation: str = "none",
         tta: str = "off",
         average: bool = False,
+        compile: str | bool = "auto",  # noqa: A002 (the name MONAI's trainer uses)
+        precision: str = "float32",
     ) -> None:
         super().__init__()
         self.grid = TileGrid(preset, tile_size, stride, padding, pad_mode)
@@ -125,16 +135,20 @@ class TilingInferer(Inferer):
         self.tta = tta
         self.tta_elements = elements
         self.average = average
+        self.runner = NetworkRunner(compile=compile, precision=precision)
 
     def _forward(
-        self, batch: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
+        self,
+        batch: torch.Tensor,
+        network: Callable[..., torch.Tensor],
+        pad_to: int,
+        *args: Any,
+        **kwargs: Any,
     ) -> torch.Tensor:
         """Mean over the TTA elements of the back-transformed (activated) network output."""
         total: torch.Tensor | None = None
         for element in self.tta_elements:
-            out = network(apply_d4(batch, element), *args, **kwargs)
-            if isinstance(out, MetaTensor):
-                out = out.as_tensor()
+            out = self.runner(network, apply_d4(batch, element), *args, pad_to=pad_to, **kwargs)
             if self.activation == "softmax":
                 out = torch.softmax(out, dim=1)
             out = invert_d4(out, element).float()
@@ -171,10 +185,11 @@ class TilingInferer(Inferer):
         tiles = tiles.reshape((plan.n_tiles * n_images, *tiles.shape[2:]))
         tiles = np.require(tiles, requirements=["C", "W"])  # a view of the input when unpadded
         scores: np.ndarray | None = None
+        size = even_batches(len(tiles), self.batch_size)  # one batch shape for compiled runs
         with torch.inference_mode():
-            for start in range(0, len(tiles), self.batch_size):
-                batch = torch.from_numpy(tiles[start : start + self.batch_size]).to(device)
-                out = self._forward(batch, network, *args, **kwargs).cpu().numpy()
+            for start in range(0, len(tiles), size):
+                batch = torch.from_numpy(tiles[start : start + size]).to(device)
+                out = self._forward(batch, network, size, *args, **kwargs).cpu().numpy()
                 if out.ndim != 4 or len(out) != len(batch) or out.shape[-2:] != plan.tile_size:
                     raise SeglabError(
                         f"the network returned shape {out.shape} for tiles of shape "

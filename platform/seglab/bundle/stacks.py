@@ -22,6 +22,7 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer, SlidingWindowInferer
 from torch import nn
 
+from seglab.bundle.acceleration import NetworkRunner
 from seglab.errors import SeglabError
 from seglab.transforms.slices import SLICE_COUNTS, adjacent_slice_indices
 
@@ -51,6 +52,9 @@ class AdjacentSliceInferer(Inferer):
         Slices (or windows) per forward pass.
     overlap : float
         Sliding-window overlap in [0, 1).
+    compile, precision
+        How the network runs (:class:`seglab.bundle.acceleration.NetworkRunner`):
+        ``torch.compile`` once the work pays for it (``"auto"``), and float32 or bfloat16.
 
     Notes
     -----
@@ -65,8 +69,11 @@ class AdjacentSliceInferer(Inferer):
         roi_size: Sequence[int] | None = None,
         slice_batch_size: int = 8,
         overlap: float = 0.25,
+        compile: str | bool = "auto",  # noqa: A002 (the name MONAI's trainer uses)
+        precision: str = "float32",
     ) -> None:
         super().__init__()
+        self.runner = NetworkRunner(compile=compile, precision=precision)
         self.num_slices = _check_count(num_slices, "num_slices")
         if isinstance(slice_batch_size, bool) or int(slice_batch_size) < 1:
             raise SeglabError(
@@ -97,15 +104,20 @@ class AdjacentSliceInferer(Inferer):
             np.stack([adjacent_slice_indices(depth, z, self.num_slices) for z in range(depth)]),
             device=stacks.device,
         )
+        size = self.slice_batch_size
+
+        def forward(batch: torch.Tensor, *extra: Any, **options: Any) -> torch.Tensor:
+            return self.runner(network, batch, *extra, pad_to=size, **options)
+
         results = []
         for stack in stacks[:, 0]:
             slices = []
             for start in range(0, depth, self.slice_batch_size):
                 batch = stack[table[start : start + self.slice_batch_size]]  # (n, k, H, W)
                 if self.window is not None:
-                    out = self.window(batch, network, *args, **kwargs)
+                    out = self.window(batch, forward, *args, **kwargs)
                 else:
-                    out = network(batch, *args, **kwargs)
+                    out = forward(batch, *args, **kwargs)
                 slices.append(out)
             results.append(torch.cat(slices).transpose(0, 1))  # (C, Z, H, W)
         result = torch.stack(results)

@@ -1,0 +1,295 @@
+"""Running a network's forward passes fast: compiled once the work pays for it, in a precision.
+
+Two levers measured in ``benchmarks/`` (F5) decide how fast inference and training run on a
+CPU, and both are here so that every inferer and bundle uses them the same way:
+
+* ``torch.compile`` (inductor) fuses the memory-bound layers around each convolution (instance
+  norm, PReLU, residual adds) and plans buffers: about 1.3-1.5x on the study's U-Net on 2
+  cores, for outputs equal to the eager ones up to float rounding (argmax identical). It costs
+  a compilation (tens of seconds cold, a few seconds from inductor's on-disk cache), so
+  ``compile="auto"`` compiles only once the work has paid for it: at inference after a network
+  has run :data:`COMPILE_AFTER_PIXELS` input pixels eagerly (a ski-rental rule: never more than
+  about twice the best of the two choices), in training when the planned run is that long.
+  Counting pixels, not seconds, keeps the switch point, and so the outputs, reproducible.
+* ``precision="bfloat16"`` runs the forward pass under :func:`torch.autocast` (opt-in: it
+  changes the numbers; ``benchmarks/`` measures its argmax agreement with float32).
+
+:class:`NetworkRunner` applies both to any network an inferer is handed;
+:func:`compile_training` decides the trainer's ``compile`` flag in the bundles' ``train.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import warnings
+import weakref
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from monai.data import MetaTensor
+
+from seglab.errors import SeglabError
+
+__all__ = [
+    "COMPILE_AFTER_PIXELS",
+    "COMPILE_MODES",
+    "PRECISIONS",
+    "CompileMode",
+    "NetworkRunner",
+    "Precision",
+    "check_compile_mode",
+    "check_precision",
+    "compile_training",
+    "compile_unavailable",
+    "even_batches",
+]
+
+log = logging.getLogger(__name__)
+
+CompileMode = Literal["auto", "on", "off"]
+Precision = Literal["float32", "bfloat16"]
+
+COMPILE_MODES: tuple[str, ...] = ("auto", "on", "off")
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
+
+#: Input pixels (tiles x tile height x tile width) a network runs eagerly before
+#: ``compile="auto"`` compiles it; the planned training pixels above which it compiles the
+#: trainer. 2**26 is 1024 tiles of 256 x 256 px: about 15 s of eager inference of the study's
+#: U-Net on 2 cores (12.6 images of 1024 x 1024 px with the uniform-81 plan), about what a cold
+#: compilation costs, and 1024 training patches (about 45 s eager, against a longer training
+#: compilation).
+COMPILE_AFTER_PIXELS = 2**26
+
+
+def check_compile_mode(value: Any) -> str:
+    """Return ``value`` as one of :data:`COMPILE_MODES` (True/False mean ``"on"``/``"off"``)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, str) and value.strip().lower() in COMPILE_MODES:
+        return value.strip().lower()
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return "on" if value.strip().lower() == "true" else "off"
+    raise SeglabError(
+        f"compile must be one of {', '.join(COMPILE_MODES)}, got {value!r}",
+        "use compile='auto' (compile once the work pays for it), 'on' or 'off'",
+    )
+
+
+def check_precision(value: Any) -> str:
+    """Return ``value`` as one of :data:`PRECISIONS`."""
+    if isinstance(value, str) and value.strip().lower() in PRECISIONS:
+        return value.strip().lower()
+    raise SeglabError(
+        f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}",
+        "use precision='float32' (exact) or 'bfloat16' (faster, opt-in)",
+    )
+
+
+def compile_unavailable(device: torch.device | str) -> str | None:
+    """Why ``torch.compile`` cannot run on ``device`` here, or None when it can.
+
+    Inductor generates C++ for CPUs (it needs a C++ compiler) and Triton kernels for CUDA.
+    """
+    kind = torch.device(device).type
+    if kind == "cpu":
+        candidates = [os.environ.get("CXX"), "g++", "c++", "clang++"]
+        if not any(name and shutil.which(name) for name in candidates):
+            return "no C++ compiler (g++, c++ or clang++) on PATH"
+        return None
+    if kind == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "the triton package is not installed"
+        return None
+    return f"torch.compile is not set up for {kind} devices here"
+
+
+def compile_training(
+    compile: Any,  # noqa: A002 (MONAI's SupervisedTrainer(compile=...) uses the name)
+    device: torch.device | str,
+    patches: int,
+    patch_size: int | tuple[int, ...],
+) -> bool:
+    """Whether a trainer should compile its network (MONAI ``SupervisedTrainer(compile=...)``).
+
+    Parameters
+    ----------
+    compile : {"auto", "on", "off"} or bool
+        ``"auto"`` compiles when the planned run trains at least :data:`COMPILE_AFTER_PIXELS`
+        input pixels and compiling is possible on ``device``.
+    device : torch.device or str
+        Where the network trains.
+    patches : int
+        Training patches the run plans (epochs x images x patches per image).
+    patch_size : int or tuple of int
+        Patch size in pixels (one int for a square patch).
+
+    Raises
+    ------
+    SeglabError
+        ``compile="on"`` where compiling is not possible.
+    """
+    mode = check_compile_mode(compile)
+    if mode == "off":
+        return False
+    reason = compile_unavailable(device)
+    if mode == "on":
+        if reason is not None:
+            raise SeglabError(
+                f"compile=on but torch.compile cannot run here: {reason}",
+                "install it, or train with compile=auto or off",
+            )
+        return True
+    sides = (patch_size,) * 2 if isinstance(patch_size, int) else tuple(patch_size)
+    pixels = int(patches)
+    for side in sides:
+        pixels *= int(side)
+    return reason is None and pixels >= COMPILE_AFTER_PIXELS
+
+
+def even_batches(count: int, batch_size: int) -> int:
+    """Return the batch size splitting ``count`` items into few, nearly equal batches.
+
+    ``count`` items in ``ceil(count / batch_size)`` batches of this size, the last shorter by
+    fewer items than there are batches: a compiled network then sees one batch shape (the short
+    batch is padded) and wastes at most that many items, e.g. 81 tiles at 16 give 6 batches of
+    14 (3 padded) instead of 5 of 16 and one of 1.
+    """
+    if count <= 0:
+        return max(1, batch_size)
+    batches = -(-count // batch_size)
+    return -(-count // batches)
+
+
+@dataclass
+class _NetworkState:
+    """What a runner knows about one network."""
+
+    pixels: int = 0
+    compiled: Callable[..., Any] | None = None
+    failed: bool = False
+
+
+class NetworkRunner:
+    """Run a network's forward passes: compiled when it pays, in the chosen precision.
+
+    Parameters
+    ----------
+    compile : {"auto", "on", "off"} or bool
+        ``"auto"`` (default) runs a network eagerly until it has seen
+        ``compile_after_pixels`` input pixels, then compiles it; ``"on"`` compiles at once;
+        ``"off"`` never. Networks in training mode always run eagerly, and ``"auto"`` runs
+        bfloat16 on a CPU eagerly (compiled it was slower there). Where compiling is not
+        possible (:func:`compile_unavailable`) or fails, the network runs eagerly and a warning
+        says why, once.
+    precision : {"float32", "bfloat16"}
+        ``"bfloat16"`` runs forward passes under :func:`torch.autocast` (CPU or CUDA).
+    compile_after_pixels : int
+        The ``"auto"`` threshold (default :data:`COMPILE_AFTER_PIXELS`).
+
+    Notes
+    -----
+    Call as ``runner(network, batch, pad_to=n)`` with ``batch`` ``(b, C, H, W)``: returns the
+    network's output for the batch (a plain tensor). A compiled network compiles one graph per
+    batch shape, so callers pass batches of one size (see :func:`even_batches`) and ``pad_to``:
+    a shorter batch is padded with zeros to ``pad_to`` items for the compiled network and the
+    padding's outputs dropped. The compiled module shares the network's parameters, so weights
+    loaded or trained later are used.
+    """
+
+    def __init__(
+        self,
+        compile: Any = "auto",  # noqa: A002 (the name MONAI's trainer uses)
+        precision: Any = "float32",
+        compile_after_pixels: int = COMPILE_AFTER_PIXELS,
+    ) -> None:
+        self.compile = check_compile_mode(compile)
+        self.precision = check_precision(precision)
+        if isinstance(compile_after_pixels, bool) or int(compile_after_pixels) < 0:
+            raise SeglabError(
+                f"compile_after_pixels must be a non-negative integer, got "
+                f"{compile_after_pixels!r}",
+                f"pass e.g. {COMPILE_AFTER_PIXELS}",
+            )
+        self.compile_after_pixels = int(compile_after_pixels)
+        self._states: weakref.WeakKeyDictionary[torch.nn.Module, _NetworkState] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def is_compiled(self, network: Any) -> bool:
+        """Whether ``network``'s forward passes now run compiled."""
+        state = self._states.get(network) if isinstance(network, torch.nn.Module) else None
+        return state is not None and state.compiled is not None and not state.failed
+
+    def _autocast(self, device: torch.device) -> Any:
+        if self.precision == "float32":
+            return nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+    def _compiled_forward(self, network: Any, batch: torch.Tensor) -> Callable[..., Any] | None:
+        """Return the compiled network when it should run compiled now, else None (and count)."""
+        if self.compile == "off" or not isinstance(network, torch.nn.Module) or network.training:
+            return None
+        state = self._states.setdefault(network, _NetworkState())
+        if state.failed:
+            return None
+        if state.compiled is None:
+            cpu_bf16 = self.precision != "float32" and batch.device.type == "cpu"
+            if self.compile == "auto" and cpu_bf16:
+                return None  # measured slower than eager bf16 on CPUs (benchmarks/RESULTS.md)
+            due = self.compile == "on" or state.pixels >= self.compile_after_pixels
+            if not due:
+                state.pixels += int(batch.shape[0]) * int(batch[0, 0].numel())
+                return None
+            reason = compile_unavailable(batch.device)
+            if reason is not None:
+                state.failed = True
+                warnings.warn(
+                    f"seglab: running the network without torch.compile: {reason}", stacklevel=3
+                )
+                return None
+            log.info("compiling %s with torch.compile", type(network).__name__)
+            state.compiled = torch.compile(network)
+        return state.compiled
+
+    def __call__(
+        self,
+        network: Callable[..., Any],
+        batch: torch.Tensor,
+        *args: Any,
+        pad_to: int | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Return ``network(batch, *args, **kwargs)`` as a plain tensor, run the fast way."""
+        if isinstance(batch, MetaTensor):
+            batch = batch.as_tensor()
+        compiled = self._compiled_forward(network, batch)
+        with self._autocast(batch.device):
+            if compiled is not None:
+                count = int(batch.shape[0])
+                padded = batch
+                if pad_to is not None and count < pad_to:
+                    filler = batch.new_zeros((pad_to - count, *batch.shape[1:]))
+                    padded = torch.cat([batch, filler])
+                try:
+                    out = compiled(padded, *args, **kwargs)[:count]
+                except Exception as err:  # compiler or graph errors: fall back, once
+                    self._states[network].failed = True
+                    warnings.warn(
+                        f"seglab: torch.compile failed ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''}); running the "
+                        "network without it",
+                        stacklevel=2,
+                    )
+                    out = network(batch, *args, **kwargs)
+            else:
+                out = network(batch, *args, **kwargs)
+        if isinstance(out, MetaTensor):
+            out = out.as_tensor()
+        return out
