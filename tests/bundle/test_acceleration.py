@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from monai.data import MetaTensor
 from monai.networks.nets import UNet
 
 from seglab.bundle import TilingInferer
@@ -21,6 +22,8 @@ from seglab.bundle.acceleration import (
     compile_training,
     compile_unavailable,
     even_batches,
+    plain_tensor_batch,
+    training_network,
 )
 from seglab.bundle.stacks import AdjacentSliceInferer
 from seglab.errors import SeglabError
@@ -205,3 +208,45 @@ def test_bfloat16_tiling_inference_is_close_to_float32():
     assert half.dtype == torch.float32 and half.shape == full.shape
     scale = full.abs().max()
     assert (half - full).abs().max() <= 0.05 * scale  # bf16 keeps 8 bits of mantissa
+
+
+# ------------------------------------------------------------------------------ training
+def test_training_network_is_the_network_itself_unless_compiling():
+    network = _unet()
+    assert training_network(network, False) is network
+
+
+@needs_compiler
+@pytest.mark.slow
+def test_compiled_training_gives_the_eager_gradients():
+    network = _unet().train()
+    twin = _unet().train()  # same seed: same weights
+    compiled = training_network(twin, True)
+    # the optimiser and the checkpoints keep the network's own parameters
+    assert all(a is b for a, b in zip(compiled.parameters(), twin.parameters(), strict=True))
+    batch, target = torch.rand(2, 3, 32, 32), torch.rand(2, 4, 32, 32)
+    for model in (network, compiled):
+        torch.nn.functional.mse_loss(model(batch), target).backward()
+    for (name, a), b in zip(network.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_compiled_training_falls_back_to_eager_when_compiling_fails(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no code today")
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: broken)
+    network = _unet().train()
+    compiled = training_network(network, True)
+    batch = torch.rand(2, 3, 32, 32)
+    with pytest.warns(UserWarning, match="torch.compile failed in training"):
+        out = compiled(batch)
+    torch.testing.assert_close(out, network(batch))
+
+
+def test_plain_tensor_batch_strips_meta_data():
+    image = MetaTensor(torch.rand(2, 3, 8, 8), meta={"filename_or_obj": ["a", "b"]})
+    label = MetaTensor(torch.rand(2, 1, 8, 8))
+    inputs, targets = plain_tensor_batch({"image": image, "label": label}, torch.device("cpu"))
+    assert type(inputs) is torch.Tensor and type(targets) is torch.Tensor
+    assert torch.equal(inputs, image.as_tensor()) and torch.equal(targets, label.as_tensor())

@@ -15,7 +15,11 @@ CPU, and both are here so that every inferer and bundle uses them the same way:
   changes the numbers; ``benchmarks/`` measures its argmax agreement with float32).
 
 :class:`NetworkRunner` applies both to any network an inferer is handed;
-:func:`compile_training` decides the trainer's ``compile`` flag in the bundles' ``train.json``.
+:func:`compile_training` decides whether the bundles' trainers compile, and
+:func:`training_network` with :func:`plain_tensor_batch` does it. MONAI's own
+``SupervisedTrainer(compile=True)`` is not used: in MONAI 1.6.1 it fails after the first step
+on collated batches (rebuilding the ``MetaTensor`` of a batch whose meta holds tensors raises
+"Boolean value of Tensor with more than one value is ambiguous").
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ __all__ = [
     "compile_training",
     "compile_unavailable",
     "even_batches",
+    "plain_tensor_batch",
+    "training_network",
 ]
 
 log = logging.getLogger(__name__)
@@ -153,6 +159,67 @@ def compile_training(
     return reason is None and pixels >= COMPILE_AFTER_PIXELS
 
 
+class _CompiledTraining(torch.nn.Module):
+    """A network's compiled forward pass, falling back to the eager one if compiling fails."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        # not a submodule: parameters and state_dict stay those of ``network``
+        object.__setattr__(self, "_compiled", torch.compile(network))
+        self._failed = False
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the compiled network, or the eager one once compiling has failed."""
+        if not self._failed:
+            try:
+                return self._compiled(*args, **kwargs)
+            except Exception as err:  # compiler or graph errors: fall back, once
+                self._failed = True
+                first = str(err).splitlines()[0] if str(err) else ""
+                warnings.warn(
+                    f"seglab: torch.compile failed in training ({type(err).__name__}: {first}); "
+                    "training the network without it",
+                    stacklevel=2,
+                )
+        return self.network(*args, **kwargs)
+
+
+def training_network(network: torch.nn.Module, compile: bool) -> torch.nn.Module:  # noqa: A002
+    """Return the module a trainer should run: ``network`` compiled, or ``network`` itself.
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+        The bundle's network; checkpoints, optimisers and handlers keep using it (the compiled
+        module shares its parameters).
+    compile : bool
+        From :func:`compile_training`. The compiled module falls back to the eager network,
+        with a warning, if compiling fails at its first call.
+    """
+    return _CompiledTraining(network) if compile else network
+
+
+def plain_tensor_batch(
+    batchdata: Any, device: Any = None, non_blocking: bool = False, **kwargs: Any
+) -> Any:
+    """MONAI's ``default_prepare_batch`` with every ``MetaTensor`` made a plain tensor.
+
+    The trainers' ``prepare_batch``: a compiled network takes plain tensors (dynamo traces
+    ``MetaTensor`` poorly), and the trainer's post-processing and metrics need no meta data.
+    """
+    from monai.engines.utils import default_prepare_batch
+
+    batch = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+    if isinstance(batch, MetaTensor):
+        return batch.as_tensor()
+    if isinstance(batch, tuple | list):
+        return type(batch)(
+            item.as_tensor() if isinstance(item, MetaTensor) else item for item in batch
+        )
+    return batch
+
+
 def even_batches(count: int, batch_size: int) -> int:
     """Return the batch size splitting ``count`` items into few, nearly equal batches.
 
@@ -169,11 +236,17 @@ def even_batches(count: int, batch_size: int) -> int:
 
 @dataclass
 class _NetworkState:
-    """What a runner knows about one network."""
+    """What this process knows about one network: eager pixels run, its compiled module."""
 
     pixels: int = 0
     compiled: Callable[..., Any] | None = None
     failed: bool = False
+
+
+#: Per network, for the whole process: inferers are often made per call (a registered model
+#: makes one per ``predict``, e.g. per slab of a stack), and the eager work counted and the
+#: compiled module must outlive them.
+_STATES: weakref.WeakKeyDictionary[torch.nn.Module, _NetworkState] = weakref.WeakKeyDictionary()
 
 
 class NetworkRunner:
@@ -200,7 +273,8 @@ class NetworkRunner:
     batch shape, so callers pass batches of one size (see :func:`even_batches`) and ``pad_to``:
     a shorter batch is padded with zeros to ``pad_to`` items for the compiled network and the
     padding's outputs dropped. The compiled module shares the network's parameters, so weights
-    loaded or trained later are used.
+    loaded or trained later are used. The eager pixels counted, the compiled module and a
+    failure to compile belong to the network, for the whole process: every runner sees them.
     """
 
     def __init__(
@@ -218,14 +292,12 @@ class NetworkRunner:
                 f"pass e.g. {COMPILE_AFTER_PIXELS}",
             )
         self.compile_after_pixels = int(compile_after_pixels)
-        self._states: weakref.WeakKeyDictionary[torch.nn.Module, _NetworkState] = (
-            weakref.WeakKeyDictionary()
-        )
 
     def is_compiled(self, network: Any) -> bool:
-        """Whether ``network``'s forward passes now run compiled."""
-        state = self._states.get(network) if isinstance(network, torch.nn.Module) else None
-        return state is not None and state.compiled is not None and not state.failed
+        """Whether this runner now runs ``network`` compiled (float32 on a CPU)."""
+        state = _STATES.get(network) if isinstance(network, torch.nn.Module) else None
+        usable = state is not None and state.compiled is not None and not state.failed
+        return usable and self.compile != "off"
 
     def _autocast(self, device: torch.device) -> Any:
         if self.precision == "float32":
@@ -236,13 +308,13 @@ class NetworkRunner:
         """Return the compiled network when it should run compiled now, else None (and count)."""
         if self.compile == "off" or not isinstance(network, torch.nn.Module) or network.training:
             return None
-        state = self._states.setdefault(network, _NetworkState())
+        cpu_bf16 = self.precision != "float32" and batch.device.type == "cpu"
+        if self.compile == "auto" and cpu_bf16:
+            return None  # measured slower than eager bf16 on CPUs (benchmarks/RESULTS.md)
+        state = _STATES.setdefault(network, _NetworkState())
         if state.failed:
             return None
         if state.compiled is None:
-            cpu_bf16 = self.precision != "float32" and batch.device.type == "cpu"
-            if self.compile == "auto" and cpu_bf16:
-                return None  # measured slower than eager bf16 on CPUs (benchmarks/RESULTS.md)
             due = self.compile == "on" or state.pixels >= self.compile_after_pixels
             if not due:
                 state.pixels += int(batch.shape[0]) * int(batch[0, 0].numel())
@@ -280,7 +352,7 @@ class NetworkRunner:
                 try:
                     out = compiled(padded, *args, **kwargs)[:count]
                 except Exception as err:  # compiler or graph errors: fall back, once
-                    self._states[network].failed = True
+                    _STATES[network].failed = True
                     warnings.warn(
                         f"seglab: torch.compile failed ({type(err).__name__}: "
                         f"{str(err).splitlines()[0] if str(err) else ''}); running the "

@@ -1,6 +1,7 @@
 """Thin MONAI transforms (array + dictionary pairs) over the numerical core."""
 
 from seglab.transforms.augment import D4Transform, D4Transformd, RandD4, RandD4d, d4_index_map
+from seglab.transforms.discrete import AsDiscrete, AsDiscreted
 from seglab.transforms.intensity import IntensityRemap, IntensityRemapd
 from seglab.transforms.labels import DecodeColourLabels, DecodeColourLabelsd, resolve_colour_table
 from seglab.transforms.readers import TiffReader
@@ -23,6 +24,8 @@ from seglab.transforms.tiles import (
 
 __all__ = [
     "AdjacentSlices",
+    "AsDiscrete",
+    "AsDiscreted",
     "AdjacentSlicesd",
     "D4Transform",
     "D4Transformd",
