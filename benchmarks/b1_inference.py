@@ -2,12 +2,15 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/b1_inference.py [--rounds 7] [--trained WEIGHTS] [--quick]
+    .venv/bin/python benchmarks/b1_inference.py [--rounds 7] [--processes 3] [--trained WEIGHTS]
+        [--quick]
 
-In one process, with the same U-Net weights (the lung bundle's network: MONAI UNet, channels
-16..256, 2 residual units; random weights, seed 0) and the same uniform-81 plan (256 px tiles,
-stride 128, 128 px mirror padding: 9 x 9 = 81 windows), these paths are timed alternately,
-one image per path per round, after a warm-up call each:
+In each of ``--processes`` processes, one after the other (the plain path's speed differed by
+up to 25 % from one process to the next on these machines), with the same U-Net weights (the
+lung bundle's network: MONAI UNet, channels 16..256, 2 residual units; random weights, seed 0)
+and the same uniform-81 plan (256 px tiles, stride 128, 128 px mirror padding: 9 x 9 = 81
+windows), these paths are timed alternately, one image per path per round, after a warm-up
+call each:
 
 ``plain MONAI``
     ``monai.inferers.sliding_window_inference(padded, (256, 256), sw_batch_size=1, predictor,
@@ -24,7 +27,8 @@ one image per path per round, after a warm-up call each:
     ``precision="bfloat16"`` (opt-in), compiled and eager.
 
 The machine's 3x3-convolution ceiling (fp32 and bf16) is measured in the same process; the
-floor is the network's FLOPs over 81 tiles divided by the ceiling. Argmax agreement is against
+floor is the network's FLOPs over 81 tiles divided by the ceiling. The speed-up is taken within
+each process and the median over processes reported. Argmax agreement is against
 plain MONAI's fp32 output, on the random-weight network and, with ``--trained``, on trained
 weights (a ``model.pt`` state dict of the same network, e.g. the one B2 trains).
 
@@ -41,7 +45,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import UNET_OPTIONS, conv_ceiling, emit  # noqa: E402
+from common import UNET_OPTIONS, conv_ceiling, emit, run_child  # noqa: E402
+
+CHILD_FLAG = "--child"
 
 TILE = 256
 PADDING = 128
@@ -61,14 +67,8 @@ def lung_image(seed: int = 0):  # noqa: ANN201 (torch imported lazily)
     return torch.from_numpy(np.ascontiguousarray(image[None]))
 
 
-def main() -> None:
-    """Measure and print; the last line is the JSON result."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--trained", type=Path, help="state dict of the same U-Net")
-    parser.add_argument("--quick", action="store_true", help="plain MONAI and seglab only")
-    args = parser.parse_args()
-
+def measure(args: argparse.Namespace) -> None:
+    """Measure in this process (a child); the last line printed is the JSON result."""
     import numpy as np
     import torch
     from monai.inferers import sliding_window_inference
@@ -173,6 +173,69 @@ def main() -> None:
             "torch": torch.__version__,
         }
     )
+
+
+def combine(children: list[dict]) -> dict:
+    """One result from several processes: medians over processes of their medians and ratios.
+
+    The speed-up is taken within each process (its paths alternate there) and the median of
+    those ratios reported, with their range; agreement figures are the worst process's.
+    """
+    first = children[0]
+    rows = {}
+    for name in first["paths"]:
+        per = [child["paths"][name] for child in children]
+        seconds = statistics.median(row["seconds_median"] for row in per)
+        speedups = [row["speedup_vs_plain"] for row in per]
+        rows[name] = {
+            "seconds_median": seconds,
+            "seconds_per_process": [row["seconds_median"] for row in per],
+            "seconds_all": [value for row in per for value in row["seconds_all"]],
+            "gflops": first["image_gflop"] / seconds,
+            "floor_s": statistics.median(row["floor_s"] for row in per),
+            "over_floor": statistics.median(row["over_floor"] for row in per),
+            "speedup_vs_plain": statistics.median(speedups),
+            "speedup_range": [min(speedups), max(speedups)],
+            "argmax_agreement": min(row["argmax_agreement"] for row in per),
+            "argmax_differing_pixels": max(row["argmax_differing_pixels"] for row in per),
+            "first_call_s": statistics.median(row["first_call_s"] for row in per),
+            "compile_s": statistics.median(row["compile_s"] for row in per),
+        }
+    ceilings = {
+        dtype: {"gflops": statistics.median(c["ceiling"][dtype]["gflops"] for c in children)}
+        for dtype in first["ceiling"]
+    }
+    return first | {
+        "processes": len(children),
+        "paths": rows,
+        "ceiling": ceilings,
+        "ceiling_per_process": [c["ceiling"] for c in children],
+    }
+
+
+def main() -> None:
+    """Measure in ``--processes`` child processes one after the other; print the JSON result."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rounds", type=int, default=7, help="alternations per process")
+    parser.add_argument("--processes", type=int, default=3)
+    parser.add_argument("--trained", type=Path, help="state dict of the same U-Net")
+    parser.add_argument("--quick", action="store_true", help="plain MONAI and seglab only")
+    parser.add_argument(CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        measure(args)
+        return
+    children = []
+    for index in range(args.processes):
+        command = [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG]
+        command += ["--rounds", str(args.rounds)] + (["--quick"] if args.quick else [])
+        if args.trained is not None and index == 0:
+            command += ["--trained", str(args.trained)]
+        print(f"process {index + 1}/{args.processes}", flush=True)
+        result = run_child(command, label=f"{index + 1}: ")
+        result.pop("process")
+        children.append(result)
+    emit(combine(children))
 
 
 if __name__ == "__main__":
