@@ -209,6 +209,20 @@ def test_run_with_a_registered_model(tmp_path, capsys, register_tiny_mito_model)
     assert cell_fraction == pytest.approx(summary["total_volume_um3"] / inside)
     assert runs[0].data.metrics["volume_fraction_of_cell"] == pytest.approx(cell_fraction)
     assert runs[0].data.params["cell_mask"] == str(cell)
+    assert runs[0].data.params["precision"] == "float32"
+
+    # opt-in bfloat16 maps differ from float32 ones by rounding only
+    half = tmp_path / "out16"
+    code, text, err = run(
+        capsys, "morphometry", "run", stack, "--model", "models:/mito-cli@champion",
+        "--voxel-size", "0.1", "0.04", "0.04", "--axis", "0", "0", "1", "--out", half,
+        "--store", store, "--object-threshold", "1", "--contour-threshold", "255",
+        "--min-size", "1", "--meshes", "none", "--precision", "bfloat16",
+    )  # fmt: skip
+    assert code == 0, err
+    full_map = read_image(out / "object.tif").array.astype(int)
+    half_map = read_image(half / "object.tif").array.astype(int)
+    assert np.abs(full_map - half_map).max() <= 8  # of 255: bf16 keeps 8 bits of mantissa
 
     code, _, err = run(
         capsys, "morphometry", "run", stack, "--model", "models:/mito-cli@champion",

@@ -125,6 +125,21 @@ def test_train_register_promote_evaluate_segment_rollback(tmp_path, capsys, writ
     probabilities = read_image(tmp_path / "seg" / "probabilities" / "lung_10.tif").array
     assert probabilities.shape == (6, 256, 256) and probabilities.dtype.name == "uint8"
 
+    # opt-in bfloat16: the same model gives nearly the same labels; a bad precision is one line
+    code, out, err = run(
+        capsys, "segment", "--model", "models:/lung-cli@champion", "--precision", "bfloat16",
+        str(test / "images"), "--out", str(tmp_path / "seg16"), "--store", str(store),
+    )  # fmt: skip
+    assert code == 0, err
+    half = read_image(tmp_path / "seg16" / "labels" / "lung_10.png").array
+    assert (half == labels).mean() >= 0.99
+    code, out, err = run(
+        capsys, "segment", "--model", "models:/lung-cli@champion", "--precision", "float16",
+        str(test / "images"), "--out", str(tmp_path / "seg-bad"), "--store", str(store),
+    )  # fmt: skip
+    assert code == 2 and "precision must be one of float32, bfloat16" in err
+    assert err.count("\n") == 1 and not (tmp_path / "seg-bad").exists()
+
 
 def test_unknown_override_ids_and_models_are_one_line_errors(tmp_path, capsys, write_lung_dataset):
     train = write_lung_dataset(tmp_path / "train", range(2))

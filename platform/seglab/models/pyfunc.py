@@ -235,7 +235,7 @@ class BundleRunner:
             Raw images, intensities on the training scale (e.g. 0..255). For 2.5D models the
             batch is one stack in z order.
         params : dict, optional
-            ``{"tta": "off" | "flips" | "all"}``.
+            ``{"tta": "off" | "flips" | "all", "precision": "float32" | "bfloat16"}``.
 
         Returns
         -------
@@ -243,6 +243,7 @@ class BundleRunner:
             Class probabilities (sum to 1 over K).
         """
         tta = (params or {}).get("tta", "off")
+        precision = (params or {}).get("precision", "float32")
         images = np.asarray(model_input)
         if images.ndim != 4:
             raise SeglabError(
@@ -257,8 +258,10 @@ class BundleRunner:
                 "give images with the channels the model was trained on",
             )
         if settings.in_channels == 1:
-            return self.probabilities(images[:, 0], stack=True, tta=tta)
-        return np.stack([self.probabilities(image, tta=tta) for image in images])
+            return self.probabilities(images[:, 0], stack=True, tta=tta, precision=precision)
+        return np.stack(
+            [self.probabilities(image, tta=tta, precision=precision) for image in images]
+        )
 
     # -- seglab's own interface ---------------------------------------------------------------
     def load(self, bundle_dir: str | os.PathLike[str], device: str = "cpu") -> BundleModel:
@@ -309,6 +312,7 @@ class BundleRunner:
         *,
         stack: bool = False,
         tta: str = "off",
+        precision: str = "float32",
         progress: Any = None,
     ) -> np.ndarray:
         """Class probabilities of one image or one stack.
@@ -322,6 +326,10 @@ class BundleRunner:
             ``num_slices > 1``).
         tta : {"off", "flips", "all"}
             Test-time augmentation over the D4 group.
+        precision : {"float32", "bfloat16"}
+            ``"bfloat16"`` runs the network under autocast (opt-in: faster on CPUs with bf16
+            instructions; about 0.02-0.1 % of pixels change class on a trained model, see
+            ``benchmarks/RESULTS.md``).
         progress : callable, optional
             ``progress(done, total)`` for stacks.
 
@@ -344,6 +352,7 @@ class BundleRunner:
             activation="softmax",
             average=True,
             tta=tta,
+            precision=precision,
         )
         total: np.ndarray | None = None
         with torch.inference_mode():

@@ -120,15 +120,17 @@ def model_input(model: BundleModel, image: np.ndarray, axes: str) -> tuple[np.nd
     return array, False
 
 
-def _predict(model: BundleModel, image: np.ndarray, axes: str, tta: str) -> np.ndarray:
+def _predict(
+    model: BundleModel, image: np.ndarray, axes: str, tta: str, precision: str = "float32"
+) -> np.ndarray:
     """Probabilities ``(K, H, W)`` or ``(K, Z, H, W)``."""
     array, is_stack = model_input(model, image, axes)
-    probabilities = model.probabilities(array, stack=is_stack, tta=tta)
+    probabilities = model.probabilities(array, stack=is_stack, tta=tta, precision=precision)
     return np.moveaxis(probabilities, 1, 0) if is_stack else probabilities
 
 
 def _samples(
-    model: BundleModel, dataset: Dataset, chosen: list[Sample], tta: str
+    model: BundleModel, dataset: Dataset, chosen: list[Sample], tta: str, precision: str
 ) -> Iterator[tuple[str, Any, np.ndarray, np.ndarray]]:
     settings = model.settings
     assert settings is not None
@@ -139,7 +141,7 @@ def _samples(
                 f"sample {sample.name} of {dataset.root} has no label",
                 "evaluation needs a labels/ file for every image",
             )
-        probabilities = _predict(model, loaded.image, loaded.axes, tta)
+        probabilities = _predict(model, loaded.image, loaded.axes, tta, precision)
         if settings.kind == "binary":
             object_map = model.object_probability(probabilities)
             if object_map.ndim == 3 and loaded.label.ndim == 2:
@@ -156,6 +158,7 @@ def evaluate_model(
     *,
     names: Sequence[str] | None = None,
     tta: str = "off",
+    precision: str = "float32",
     title: str = "",
 ) -> ModelEvaluation:
     """Evaluate ``model`` on the labelled dataset folder ``data``; write the report to ``out_dir``.
@@ -170,6 +173,8 @@ def evaluate_model(
     names : sequence of str, optional
         Evaluate only these samples (e.g. a training's validation split).
     tta : {"off", "flips", "all"}
+    precision : {"float32", "bfloat16"}
+        Network precision; ``"bfloat16"`` is opt-in (faster, changes a few pixels' class).
     title : str
         Report title.
 
@@ -184,7 +189,7 @@ def evaluate_model(
     chosen = [s for s in dataset.samples if names is None or s.name in set(names)]
     if not chosen:
         raise SeglabError(f"no samples to evaluate in {dataset.root}", "check --data")
-    samples = _samples(model, dataset, chosen, tta)
+    samples = _samples(model, dataset, chosen, tta, precision)
     if settings.kind == "binary":
         result = evaluate_binary(samples, out_dir, title=title)
     else:
@@ -229,6 +234,7 @@ def segment(
     out_dir: str | os.PathLike[str],
     *,
     tta: str = "off",
+    precision: str = "float32",
     probabilities: str = "uint8",
     overwrite: bool = False,
 ) -> list[Path]:
@@ -245,6 +251,8 @@ def segment(
         ``probabilities/<name>.tif`` (multi-page; one page per class, or the object map per
         slice for binary models).
     tta : {"off", "flips", "all"}
+    precision : {"float32", "bfloat16"}
+        Network precision; ``"bfloat16"`` is opt-in (faster, changes a few pixels' class).
     probabilities : {"uint8", "float32", "none"}
         uint8 0..255 (as CDeep3M), float32 0..1, or no probability maps.
     overwrite : bool
@@ -263,7 +271,7 @@ def segment(
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         for path in progress(inputs, "segmenting"):
             image = read_image(path)
-            probs = _predict(model, image.array, image.axes, tta)
+            probs = _predict(model, image.array, image.axes, tta, precision)
             name = _stem(path)
             labels = model.labels(probs)
             stack = labels.ndim == 3

@@ -951,6 +951,7 @@ def predict_maps(
     contour_out: np.ndarray,
     *,
     tta: str = "off",
+    precision: str = "float32",
     slab: int = PREDICT_SLAB,
     progress: ProgressCallback | None = None,
 ) -> None:
@@ -973,6 +974,8 @@ def predict_maps(
         may be ``np.memmap`` files.
     tta : {"off", "flips", "all"}
         Test-time augmentation.
+    precision : {"float32", "bfloat16"}
+        Network precision; ``"bfloat16"`` is opt-in (faster, changes a few voxels' maps).
     slab : int
         Slices predicted at a time (>= 1).
     progress : callable, optional
@@ -984,7 +987,9 @@ def predict_maps(
     for start in range(0, depth, int(slab)):
         stop = min(depth, start + int(slab))
         first, last = max(0, start - halo), min(depth, stop + halo)
-        probabilities = model.probabilities(np.asarray(stack[first:last]), stack=True, tta=tta)
+        probabilities = model.probabilities(
+            np.asarray(stack[first:last]), stack=True, tta=tta, precision=precision
+        )
         own = probabilities[start - first : stop - first]  # (n, K, Y, X)
         object_out[start:stop] = probability_to_uint8(model.object_probability(own, class_axis=1))
         contour_out[start:stop] = probability_to_uint8(own[:, contour_index])
@@ -1005,6 +1010,7 @@ def run_morphometry(
     cell_mask: ArrayOrPath | None = None,
     split_params: SplitParams | None = None,
     tta: str = "off",
+    precision: str = "float32",
     method: str = "moments",
     meshes: MeshFormat = "ply",
     slab: int = SPLIT_SLAB,
@@ -1038,6 +1044,8 @@ def run_morphometry(
         The cell (non-zero voxels): adds the volume fraction of the cell.
     split_params : SplitParams, optional
     tta : {"off", "flips", "all"}
+    precision : {"float32", "bfloat16"}
+        Network precision (``"bfloat16"`` opt-in), see :func:`predict_maps`.
     method : {"moments", "published"}
     meshes : {"ply", "obj", "stl", "none"}
     slab : int
@@ -1088,6 +1096,7 @@ def run_morphometry(
         "cell_mask": "none" if cell_mask is None else str(cell_mask),
         "split": {k: getattr(params_split, k) for k in params_split.__dataclass_fields__},
         "tta": tta,
+        "precision": precision,
         "fit_method": method,
         "backend": (parallel or SERIAL).backend,
     }
@@ -1111,7 +1120,15 @@ def run_morphometry(
             contour_map = np.lib.format.open_memmap(
                 Path(scratch) / "contour.npy", mode="w+", dtype=np.uint8, shape=shape
             )
-            predict_maps(model, stack.array, object_map, contour_map, tta=tta, progress=report)
+            predict_maps(
+                model,
+                stack.array,
+                object_map,
+                contour_map,
+                tta=tta,
+                precision=precision,
+                progress=report,
+            )
             for name_, array in (("object.tif", object_map), ("contour.tif", contour_map)):
                 array.flush()
                 write_image(tmp / name_, array, spacing, axes="ZYX")

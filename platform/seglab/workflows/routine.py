@@ -60,6 +60,7 @@ def evaluate_registered(
     out_dir: str | os.PathLike[str],
     *,
     tta: str = "off",
+    precision: str = "float32",
     overwrite: bool = False,
 ) -> RegisteredEvaluation:
     """Evaluate a registered model on a labelled dataset; log and record the result.
@@ -74,6 +75,8 @@ def evaluate_registered(
     out_dir : path-like
         New folder for report.md, CSV and PNG files (replaced only with ``overwrite``).
     tta : {"off", "flips", "all"}
+    precision : {"float32", "bfloat16"}
+        Network precision; ``"bfloat16"`` is opt-in (faster, changes a few pixels' class).
     overwrite : bool
 
     Returns
@@ -84,13 +87,24 @@ def evaluate_registered(
 
     model, version = load_model(store, uri)
     name, number = version.name, str(version.version)
-    params = {"model_uri": uri, "model": f"{name}/{number}", "data": str(data), "tta": tta}
+    params = {
+        "model_uri": uri,
+        "model": f"{name}/{number}",
+        "data": str(data),
+        "tta": tta,
+        "precision": precision,
+    }
     model_id = model_id_of(version)
     tags = {"seglab.model": f"{name}/{number}", "seglab.model_id": model_id or ""}
     with tracked_run(store, EVALUATION_EXPERIMENT, f"eval-{name}", params=params, tags=tags) as run:
         with atomic_directory(out_dir, overwrite=overwrite) as tmp:
             evaluation = evaluate_model(
-                model, data, tmp, tta=tta, title=f"{name} version {number} on {Path(data).name}"
+                model,
+                data,
+                tmp,
+                tta=tta,
+                precision=precision,
+                title=f"{name} version {number} on {Path(data).name}",
             )
         final = Path(out_dir)
         run.client.log_artifacts(run.run_id, str(final), "evaluation")
@@ -134,13 +148,20 @@ def segment_registered(
     out_dir: str | os.PathLike[str],
     *,
     tta: str = "off",
+    precision: str = "float32",
     probabilities: str = "uint8",
     overwrite: bool = False,
 ) -> tuple[list[Path], str]:
     """Segment images with a registered model; return the files and ``NAME/VERSION``."""
     model, version = load_model(store, uri)
     files = segment(
-        model, source, out_dir, tta=tta, probabilities=probabilities, overwrite=overwrite
+        model,
+        source,
+        out_dir,
+        tta=tta,
+        precision=precision,
+        probabilities=probabilities,
+        overwrite=overwrite,
     )
     return files, f"{version.name}/{version.version}"
 
