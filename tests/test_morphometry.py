@@ -405,6 +405,32 @@ def test_one_voxel_padding_gives_the_reference_smoothing_inside_the_box():
     assert outside.max() < 0.5
 
 
+@pytest.mark.parametrize("smooth", [True, False])
+def test_marching_cubes_skipping_uniform_cells_gives_the_same_mesh(smooth):
+    # The fast engine hands marching cubes a mask of the cells that straddle 0.5; the mesh
+    # must be scikit-image's unmasked mesh, vertex for vertex and face for face, also with
+    # corner values exactly 0.5 (a binary mask blurred, and the raw 0/1 staircase fallback).
+    from scipy import ndimage
+
+    from seglab.morphometry import _marching_cubes, _straddling_cells
+
+    rng = np.random.default_rng(3)
+    mask = spheroid_mask((14, 40, 40), STUDY, 0.2, 0.1, (0.2, 0.5, 1.0)) > 0
+    mask |= rng.random(mask.shape) < 0.02  # isolated voxels: many small closed surfaces
+    values = np.pad(mask, 1).astype(np.float32)
+    if smooth:
+        values = ndimage.gaussian_filter(values, (0.7, 2.0, 2.0), mode="constant")
+    values[8, 21, 19:23] = 0.5  # inside: corners exactly at the level count as outside
+    spacing = np.asarray(STUDY)
+    plain_vertices, plain_faces = _marching_cubes(values, spacing)
+    vertices, faces = _marching_cubes(values, spacing, skip_uniform=True)
+    np.testing.assert_array_equal(vertices, plain_vertices)
+    np.testing.assert_array_equal(faces, plain_faces)
+    cells = _straddling_cells(values)
+    assert 0 < cells.sum() < 0.5 * cells.size  # most cells are skipped
+    assert not cells[0].any() and not cells[:, 0].any() and not cells[:, :, 0].any()
+
+
 def test_empty_labels():
     labels = np.zeros((4, 5, 6), dtype=np.uint16)
     assert measure_objects(labels, ISOTROPIC) == []
