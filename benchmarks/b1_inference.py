@@ -26,9 +26,11 @@ call each:
 ``seglab bf16``, ``seglab bf16 eager``
     ``precision="bfloat16"`` (opt-in), compiled and eager.
 
-The machine's 3x3-convolution ceiling (fp32 and bf16) is measured in the same process; the
-floor is the network's FLOPs over 81 tiles divided by the ceiling. The speed-up is taken within
-each process and the median over processes reported. Argmax agreement is against
+Every process runs with the seglab command's malloc settings (:mod:`seglab.allocator`), which
+both paths then share. The machine's 3x3-convolution ceiling (fp32 and bf16) is measured in the
+same process; the floor is the network's FLOPs over 81 tiles divided by the ceiling. The
+speed-up is taken within each process and the median over processes reported. Argmax agreement
+is against
 plain MONAI's fp32 output, on the random-weight network and, with ``--trained``, on trained
 weights (a ``model.pt`` state dict of the same network, e.g. the one B2 trains).
 
@@ -38,6 +40,7 @@ Prints progress and, last, one JSON line read by ``benchmarks/run.py``.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -225,6 +228,10 @@ def main() -> None:
     if args.child:
         measure(args)
         return
+    from seglab.allocator import ALLOCATOR_SETTINGS, MARKER
+
+    # the process settings of the seglab command (both paths run under them)
+    env = {**os.environ, **ALLOCATOR_SETTINGS, MARKER: "tuned"}
     children = []
     for index in range(args.processes):
         command = [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG]
@@ -232,7 +239,7 @@ def main() -> None:
         if args.trained is not None and index == 0:
             command += ["--trained", str(args.trained)]
         print(f"process {index + 1}/{args.processes}", flush=True)
-        result = run_child(command, label=f"{index + 1}: ")
+        result = run_child(command, env=env, label=f"{index + 1}: ")
         result.pop("process")
         children.append(result)
     emit(combine(children))

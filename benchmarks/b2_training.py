@@ -74,7 +74,7 @@ def child(arm: str, work: Path, data: Path, epochs: int) -> None:
     wall = time.perf_counter() - start
     client = resolve_store(store).client()
     history = {}
-    for key in ("train_patches_per_s", "train_data_wait_share", "train_step_s"):
+    for key in ("train_patches_per_s", "train_data_wait_share", "train_step_s", "train_mean_dice"):
         logged = client.get_metric_history(outcome.run_id, key)
         history[key] = [m.value for m in sorted(logged, key=lambda m: m.step)]
     steady = {key: statistics.median(values[1:] or values) for key, values in history.items()}
@@ -95,7 +95,10 @@ def child(arm: str, work: Path, data: Path, epochs: int) -> None:
             "floor_patches_per_s": 1 / floor_per_patch,
             "over_floor": (1 / patches_per_s) / floor_per_patch,
             "gflops": patches_per_s * patch_flops / 1e9,
-            "val_mean_dice": outcome.metrics.get("val_mean_dice"),
+            # the final evaluation of the logged model on the validation images
+            "val_mean_dice": outcome.metrics.get("mean_dice"),
+            "val_total_dice": outcome.metrics.get("total_dice"),
+            "last_train_mean_dice": history["train_mean_dice"][-1],
             "weights": str(work / arm / "model.pt"),
         }
     )

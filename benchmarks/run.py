@@ -159,8 +159,8 @@ def _b2(r: dict[str, Any]) -> str:
         "FLOPs per patch over the fp32 convolution ceiling of the same process.",
         "",
         "| arm | epochs | patches / s | data wait | step (s) | GFLOP/s | floor patches / s | "
-        "x floor | val mean Dice | peak RSS (GiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "x floor | train Dice, last epoch | val mean Dice | peak RSS (GiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, a in r["arms"].items():
         dice = a.get("val_mean_dice")
@@ -168,6 +168,7 @@ def _b2(r: dict[str, Any]) -> str:
             f"| {name} | {a['epochs']} | {a['patches_per_s']:.1f} | "
             f"{100 * a['data_wait_share']:.1f} % | {a['step_s']:.3f} | {a['gflops']:.0f} | "
             f"{a['floor_patches_per_s']:.1f} | {a['over_floor']:.2f} | "
+            f"{a.get('last_train_mean_dice', float('nan')):.3f} | "
             f"{'-' if dice is None else f'{dice:.3f}'} | {a['process']['peak_rss_gib']:.2f} |"
         )
     base, seg = r["arms"]["baseline"], r["arms"]["seglab"]
@@ -311,6 +312,7 @@ def main() -> None:
         raise SystemExit(f"--only names none of {', '.join(ORDER)}")
     about = machine()
     print(f"machine: {describe(about)}", flush=True)
+    previous = json.loads(RAW.read_text()) if RAW.is_file() else {}
     results: dict[str, Any] = {}
     for bench in chosen:
         print(f"== {bench}", flush=True)
@@ -323,8 +325,10 @@ def main() -> None:
         elif bench == "B1":
             command = _script("b1_inference.py")
             command += ["--rounds", "3", "--processes", "1"] if args.quick else []
-            if "B2" in results:
-                command += ["--trained", results["B2"]["arms"]["seglab"]["weights"]]
+            trained = (results.get("B2") or previous.get("B2") or {}).get("arms", {})
+            weights = trained.get("seglab", {}).get("weights")
+            if weights and Path(weights).is_file():  # this run's B2 model, else the last one's
+                command += ["--trained", weights]
         else:
             command = _script("b3_postprocess.py") + [str(args.work)]
             command += ["--skip-full"] if args.quick else []
@@ -337,8 +341,7 @@ def main() -> None:
         "`benchmarks/results.json`; the same figures are logged to the MLflow experiment "
         "`benchmarks`.\n"
     )
-    old_raw = json.loads(RAW.read_text()) if RAW.is_file() else {}
-    merged = {k: v for k, v in (old_raw | results).items() if k in ORDER}
+    merged = {k: v for k, v in (previous | results).items() if k in ORDER}
     rows = targets(merged)  # benchmarks not run now keep their last figures (and sections)
     table = ["## Targets", "", "| figure | measured | target | met |", "|---|---:|---:|---|"]
     table += [f"| {f} | {m} | {t} | {'yes' if ok else 'NO'} |" for f, m, t, ok in rows]
