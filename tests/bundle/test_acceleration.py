@@ -15,7 +15,7 @@ from monai.networks.nets import UNet
 
 from seglab.bundle import TilingInferer
 from seglab.bundle.acceleration import (
-    COMPILE_AFTER_PIXELS,
+    TRAIN_COMPILE_AFTER_FLOP,
     NetworkRunner,
     check_compile_mode,
     check_precision,
@@ -74,18 +74,23 @@ def test_even_batches_split_into_few_nearly_equal_batches(count, batch_size, exp
 
 
 def test_training_compiles_only_runs_long_enough_to_pay(monkeypatch):
-    side = 256
-    enough = COMPILE_AFTER_PIXELS // (side * side)
-    assert compile_training("off", "cpu", 10**9, side) is False
+    from seglab.networks.profile import forward_flops
+
+    network = _unet()
+    side = 32
+    per_patch = 3 * forward_flops(network, (1, 3, side, side))
+    enough = -(-int(TRAIN_COMPILE_AFTER_FLOP) // per_patch)  # patches that reach the threshold
+    assert compile_training("off", "cpu", 10**12, side, network, 3) is False
+    assert compile_training("auto", "cpu", 10**12, side) is False  # no network: no estimate
     if compile_unavailable("cpu") is None:
-        assert compile_training("auto", "cpu", enough, side) is True
-        assert compile_training("auto", "cpu", enough - 1, side) is False
-        assert compile_training("auto", "cpu", enough, (side, side)) is True
+        assert compile_training("auto", "cpu", enough, side, network, 3) is True
+        assert compile_training("auto", "cpu", enough - 1, side, network, 3) is False
+        assert compile_training("auto", "cpu", enough, (side, side), network, 3) is True
         assert compile_training("on", "cpu", 1, 8) is True
     monkeypatch.setenv("PATH", "")  # no compiler to be found
     monkeypatch.delenv("CXX", raising=False)
     assert compile_unavailable("cpu") == "no C++ compiler (g++, c++ or clang++) on PATH"
-    assert compile_training("auto", "cpu", 10**9, side) is False
+    assert compile_training("auto", "cpu", 10**12, side, network, 3) is False
     with pytest.raises(SeglabError, match="compile=on but torch.compile cannot run here"):
         compile_training("on", "cpu", 1, side)
 

@@ -9,7 +9,8 @@ CPU, and both are here so that every inferer and bundle uses them the same way:
   a compilation (tens of seconds cold, a few seconds from inductor's on-disk cache), so
   ``compile="auto"`` compiles only once the work has paid for it: at inference after a network
   has run :data:`COMPILE_AFTER_PIXELS` input pixels eagerly (a ski-rental rule: never more than
-  about twice the best of the two choices), in training when the planned run is that long.
+  about twice the best of the two choices), in training when the planned run's FLOPs reach
+  :data:`TRAIN_COMPILE_AFTER_FLOP`.
   Counting pixels, not seconds, keeps the switch point, and so the outputs, reproducible.
 * ``precision="bfloat16"`` runs the forward pass under :func:`torch.autocast` (opt-in: it
   changes the numbers; ``benchmarks/`` measures its argmax agreement with float32).
@@ -42,6 +43,7 @@ from seglab.errors import SeglabError
 __all__ = [
     "COMPILE_AFTER_PIXELS",
     "COMPILE_MODES",
+    "TRAIN_COMPILE_AFTER_FLOP",
     "PRECISIONS",
     "CompileMode",
     "NetworkRunner",
@@ -64,12 +66,18 @@ COMPILE_MODES: tuple[str, ...] = ("auto", "on", "off")
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 
 #: Input pixels (tiles x tile height x tile width) a network runs eagerly before
-#: ``compile="auto"`` compiles it; the planned training pixels above which it compiles the
-#: trainer. 2**26 is 1024 tiles of 256 x 256 px: about 15 s of eager inference of the study's
-#: U-Net on 2 cores (12.6 images of 1024 x 1024 px with the uniform-81 plan), about what a cold
-#: compilation costs, and 1024 training patches (about 45 s eager, against a longer training
-#: compilation).
+#: ``compile="auto"`` compiles it for inference. 2**26 is 1024 tiles of 256 x 256 px: about
+#: 15 s of eager inference of the study's U-Net on 2 cores (12.6 images of 1024 x 1024 px with
+#: the uniform-81 plan), about what a cold compilation costs. (Counted in pixels, so a much
+#: smaller network compiles earlier than it would pay.)
 COMPILE_AFTER_PIXELS = 2**26
+
+#: Planned training FLOPs (3 x the forward FLOPs per patch, for the backward pass, x patches)
+#: above which ``compile="auto"`` compiles a trainer: 1e13 is about 2000 patches of the study's
+#: U-Net, 100 s of eager training on 2 cores. Compiling a training graph cold cost about as
+#: much (the demo's smaller U-Net, 4.2e12 FLOP planned, trained in 210 s compiled against
+#: 106 s eager).
+TRAIN_COMPILE_AFTER_FLOP = 1e13
 
 
 def check_compile_mode(value: Any) -> str:
@@ -121,20 +129,27 @@ def compile_training(
     device: torch.device | str,
     patches: int,
     patch_size: int | tuple[int, ...],
+    network: torch.nn.Module | None = None,
+    in_channels: int = 1,
 ) -> bool:
     """Whether a trainer should compile its network (MONAI ``SupervisedTrainer(compile=...)``).
 
     Parameters
     ----------
     compile : {"auto", "on", "off"} or bool
-        ``"auto"`` compiles when the planned run trains at least :data:`COMPILE_AFTER_PIXELS`
-        input pixels and compiling is possible on ``device``.
+        ``"auto"`` compiles when the planned run costs at least
+        :data:`TRAIN_COMPILE_AFTER_FLOP` (counted on ``network`` with one zero patch) and
+        compiling is possible on ``device``.
     device : torch.device or str
         Where the network trains.
     patches : int
         Training patches the run plans (epochs x images x patches per image).
     patch_size : int or tuple of int
         Patch size in pixels (one int for a square patch).
+    network : torch.nn.Module, optional
+        The network, for its FLOPs per patch; without it ``"auto"`` never compiles.
+    in_channels : int
+        Input channels of a patch.
 
     Raises
     ------
@@ -152,11 +167,13 @@ def compile_training(
                 "install it, or train with compile=auto or off",
             )
         return True
+    if reason is not None or network is None:
+        return False
+    from seglab.networks.profile import forward_flops
+
     sides = (patch_size,) * 2 if isinstance(patch_size, int) else tuple(patch_size)
-    pixels = int(patches)
-    for side in sides:
-        pixels *= int(side)
-    return reason is None and pixels >= COMPILE_AFTER_PIXELS
+    per_patch = forward_flops(network, (1, int(in_channels), *(int(side) for side in sides)))
+    return 3 * per_patch * int(patches) >= TRAIN_COMPILE_AFTER_FLOP
 
 
 class _CompiledTraining(torch.nn.Module):
