@@ -95,6 +95,15 @@ def test_unwritable_folder_is_a_clear_error(tmp_path):
         locked.chmod(0o700)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+@pytest.mark.parametrize("make", [atomic_file, atomic_directory])
+def test_a_folder_nobody_can_write_in_is_a_clear_error_even_for_root(make):
+    # os.access says yes to root everywhere; /proc refuses new entries even so
+    with pytest.raises(SeglabError, match=r"output folder /proc"), make("/proc/seglab-out"):
+        pass
+    assert not os.path.exists("/proc/seglab-out")
+
+
 # ------------------------------------------------------------------------------ atomic_directory
 def test_directory_appears_complete(tmp_path):
     final = tmp_path / "run"

@@ -32,6 +32,22 @@ def _check_parent_writable(path: Path) -> None:
         )
 
 
+@contextlib.contextmanager
+def _creating_in(folder: Path) -> Iterator[None]:
+    """Turn an OS error while creating a temporary entry in ``folder`` into a one-line error.
+
+    ``os.access`` says yes to root everywhere, so a read-only or virtual filesystem (``/sys``,
+    ``/proc``) or a vanished folder shows only when the entry is made.
+    """
+    try:
+        yield
+    except OSError as err:
+        raise SeglabError(
+            f"cannot write in output folder {folder}: {err.strerror or err}",
+            "choose a location you can write to",
+        ) from err
+
+
 def _umask() -> int:
     """Return the process umask without changing it where the platform allows."""
     try:
@@ -83,9 +99,10 @@ def atomic_file(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
     if final.exists() and not overwrite:
         raise OutputExistsError(f"{final} already exists", "pass --overwrite to replace it")
     _check_parent_writable(final)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{final.stem}.", suffix=f".tmp{''.join(final.suffixes)}", dir=final.parent
-    )
+    with _creating_in(final.parent):
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{final.stem}.", suffix=f".tmp{''.join(final.suffixes)}", dir=final.parent
+        )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -126,7 +143,8 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -
                 "pass --overwrite to replace it, or choose another folder",
             )
     _check_parent_writable(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    with _creating_in(final.parent):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
     except BaseException:
