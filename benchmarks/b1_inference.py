@@ -48,7 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import UNET_OPTIONS, conv_ceiling, emit, run_child  # noqa: E402
+from common import UNET_OPTIONS, alternate, conv_ceiling, emit, run_child  # noqa: E402
 
 CHILD_FLAG = "--child"
 
@@ -117,8 +117,6 @@ def measure(args: argparse.Namespace) -> None:
         outputs[name] = call().argmax(1)
         first_call[name] = time.perf_counter() - start
         print(f"warm-up {name}: {first_call[name]:.1f} s", flush=True)
-
-    from common import alternate
 
     times = alternate(paths, args.rounds)
     reference = outputs["plain MONAI"]

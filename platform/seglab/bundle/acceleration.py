@@ -33,7 +33,7 @@ import weakref
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from monai.data import MetaTensor
@@ -45,9 +45,7 @@ __all__ = [
     "COMPILE_MODES",
     "TRAIN_COMPILE_AFTER_FLOP",
     "PRECISIONS",
-    "CompileMode",
     "NetworkRunner",
-    "Precision",
     "check_compile_mode",
     "check_precision",
     "compile_training",
@@ -58,9 +56,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-CompileMode = Literal["auto", "on", "off"]
-Precision = Literal["float32", "bfloat16"]
 
 COMPILE_MODES: tuple[str, ...] = ("auto", "on", "off")
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
@@ -176,6 +171,15 @@ def compile_training(
     return 3 * per_patch * int(patches) >= TRAIN_COMPILE_AFTER_FLOP
 
 
+def _warn_compile_failed(err: Exception, where: str, then: str) -> None:
+    """Warn, in one line, that compiling failed and what happens instead."""
+    first = str(err).splitlines()[0] if str(err) else ""
+    warnings.warn(
+        f"seglab: torch.compile failed{where} ({type(err).__name__}: {first}); {then}",
+        stacklevel=3,
+    )
+
+
 class _CompiledTraining(torch.nn.Module):
     """A network's compiled forward pass, falling back to the eager one if compiling fails."""
 
@@ -193,12 +197,7 @@ class _CompiledTraining(torch.nn.Module):
                 return self._compiled(*args, **kwargs)
             except Exception as err:  # compiler or graph errors: fall back, once
                 self._failed = True
-                first = str(err).splitlines()[0] if str(err) else ""
-                warnings.warn(
-                    f"seglab: torch.compile failed in training ({type(err).__name__}: {first}); "
-                    "training the network without it",
-                    stacklevel=2,
-                )
+                _warn_compile_failed(err, " in training", "training the network without it")
         return self.network(*args, **kwargs)
 
 
@@ -373,12 +372,7 @@ class NetworkRunner:
                     out = compiled(padded, *args, **kwargs)[:count]
                 except Exception as err:  # compiler or graph errors: fall back, once
                     _STATES[network].failed = True
-                    warnings.warn(
-                        f"seglab: torch.compile failed ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else ''}); running the "
-                        "network without it",
-                        stacklevel=2,
-                    )
+                    _warn_compile_failed(err, "", "running the network without it")
                     out = network(batch, *args, **kwargs)
             else:
                 out = network(batch, *args, **kwargs)
