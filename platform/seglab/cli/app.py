@@ -3,19 +3,23 @@
 Nothing heavy is imported here: ``seglab --help`` must not import torch, MONAI or MLflow
 (``import monai`` alone takes seconds). Commands import their workflow inside their body.
 Only this module turns :class:`seglab.errors.SeglabError` into an exit code: one line on stderr,
-exit status 2, and a traceback only with ``--debug``.
+exit status 2, and a traceback only with ``--debug``. Any other exception is a bug: one line on
+stderr naming the log file that holds its traceback, exit status 1. Every command runs inside
+its command log (:mod:`seglab.cli.logfiles`).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from seglab import __version__
-from seglab.cli import analysis, demo, models, morphometry, phantom, studies, train, ui
+from seglab.cli import analysis, demo, logfiles, models, morphometry, phantom, studies, train, ui
 from seglab.errors import SeglabError
+from seglab.logs import NORMAL, QUIET, VERBOSE, last_log
 
 app = typer.Typer(
     name="seglab",
@@ -35,9 +39,12 @@ app.command("run")(studies.run)
 app.command("search")(studies.search)
 app.command("demo")(demo.demo)
 app.command("ui")(ui.ui)
+logfiles.log_every_command(app)
 
 #: Exit status for errors in the user's input (click uses 2 for usage errors too).
 EXIT_USER_ERROR = 2
+#: Exit status for an unexpected exception (a bug in seglab or a library).
+EXIT_INTERNAL_ERROR = 1
 
 
 def _version(value: bool) -> None:
@@ -55,8 +62,31 @@ def root(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show the full traceback when a command fails.")
     ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="No progress bars; nothing on stderr but errors."),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Also seglab's informational messages on stderr."),
+    ] = False,
+    log_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Append the command's log here (default: OUT.log beside the command's "
+            "output OUT; store/logs/ for models and ui).",
+        ),
+    ] = None,
 ) -> None:
-    """Experiment platform for microscopy image segmentation."""
+    """Experiment platform for microscopy image segmentation.
+
+    Every command appends a log (its command line, output, warnings and, on failure, the
+    traceback) to OUT.log beside its output OUT.
+    """
+    if quiet and verbose:
+        raise typer.BadParameter("--quiet and --verbose exclude each other", param_hint="--quiet")
+    logfiles.settings.level = QUIET if quiet else VERBOSE if verbose else NORMAL
+    logfiles.settings.log_file = log_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    logfiles.settings = logfiles.LogSettings(argv=args)
     command = typer.main.get_command(app)
     try:
         result = command.main(args=args, prog_name="seglab", standalone_mode=False)
@@ -91,6 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         typer.echo("seglab: interrupted", err=True)
         return _exit(130, argv)
+    except Exception as err:  # noqa: BLE001 - a bug: one line here, the traceback in the log
+        if debug:
+            raise
+        log = last_log()
+        where = f"the traceback is in {log}" if log is not None else "--debug shows the traceback"
+        problem = str(err).splitlines()[0] if str(err) else ""
+        typer.echo(
+            f"seglab: internal error: {type(err).__name__}: {problem} (please report it; {where})",
+            err=True,
+        )
+        return _exit(EXIT_INTERNAL_ERROR, argv)
     code = result if isinstance(result, int) else 0
     return _exit(code, argv)
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from seglab.io.atomic import atomic_file
+from seglab.logs import progress_bars_enabled
 
 T = TypeVar("T")
 
@@ -52,10 +53,16 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
 
 
 def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Iterate with a progress bar on stderr (rich); plain iteration when stderr is no terminal."""
+    """Iterate with a progress bar on stderr (rich); none under ``--quiet`` or with no terminal."""
     from rich.progress import track
 
-    yield from track(items, description=description, total=total, transient=True)
+    yield from track(
+        items,
+        description=description,
+        total=total,
+        transient=True,
+        disable=not progress_bars_enabled(),
+    )
 
 
 def pyplot() -> Any:
@@ -83,7 +90,7 @@ def phase_progress() -> Iterator[Callable[[str, float], None]]:
     """Yield a ``progress(phase, fraction)`` callback that drives one bar per phase on stderr."""
     from rich.progress import Progress
 
-    with Progress(transient=True) as bars:
+    with Progress(transient=True, disable=not progress_bars_enabled()) as bars:
         tasks: dict[str, Any] = {}
 
         def update(phase: str, fraction: float) -> None:
