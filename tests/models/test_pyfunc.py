@@ -1,6 +1,7 @@
 """The pyfunc wrapper: logged on a run, loaded back through MLflow, predicting probabilities."""
 
 import json
+from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 
 from seglab.errors import SeglabError
 from seglab.models.publish import save_model_folder
-from seglab.models.pyfunc import ModelSettings, load_bundle_model
+from seglab.models.pyfunc import ModelSettings, load_bundle_model, load_downloaded_model
 from seglab.models.registry import load_model, model_id_of
 
 
@@ -114,3 +115,39 @@ def test_object_probability_never_passes_one(tiny):
     assert np.float32(0.6000001) + np.float32(0.4000001) > 1.0
     objects = runner.object_probability(probabilities)
     assert objects.max() <= 1.0 and objects.min() >= 0.0
+
+
+def test_loading_a_registered_model_runs_none_of_its_stored_code(store, register, tmp_path):
+    version, _ = register()
+    marker = tmp_path / "ran"
+    # someone with write access to the artifact store replaces the stored model code
+    root = store.client().get_logged_model(model_id_of(version)).artifact_location
+    code = Path(root.removeprefix("file://")) / "model_code.py"
+    assert code.is_file()
+    code.write_text(f"open({str(marker)!r}, 'w').write('pwned')\n" + code.read_text())
+    model, _ = load_model(store, "models:/lung-tiny/1")
+    assert not marker.exists()
+    images = np.zeros((1, 3, 64, 64), np.float32)
+    assert model.predict(None, images).shape == (1, 6, 64, 64)
+    mlflow.pyfunc.load_model(str(code.parent))  # MLflow's own loader does run it
+    assert marker.read_text() == "pwned"
+
+
+@pytest.mark.parametrize(
+    ("mlmodel", "message"),
+    [
+        (None, "has no MLmodel file"),
+        ("flavors: [unclosed", "is not valid YAML"),
+        ("flavors:\n  python_function: {}\n", "is not a seglab model"),
+        (
+            "flavors:\n  python_function:\n    artifacts:\n      bundle: {path: ../../etc}\n",
+            "points its bundle outside the model",
+        ),
+    ],
+    ids=["missing", "not-yaml", "no-bundle", "escaping-path"],
+)
+def test_a_damaged_model_folder_is_a_one_line_error(tmp_path, mlmodel, message):
+    if mlmodel is not None:
+        (tmp_path / "MLmodel").write_text(mlmodel)
+    with pytest.raises(SeglabError, match=message):
+        load_downloaded_model(tmp_path)

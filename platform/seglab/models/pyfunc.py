@@ -43,6 +43,7 @@ __all__ = [
     "MemberSettings",
     "ModelSettings",
     "load_bundle_model",
+    "load_downloaded_model",
 ]
 
 SETTINGS_FILE = "settings.json"
@@ -402,12 +403,67 @@ with warnings.catch_warnings():
     class BundleModel(BundleRunner, PythonModel):
         """Run a trained seglab bundle on images; the object MLflow stores as a pyfunc model.
 
-        Use :func:`load_bundle_model` for a folder, or ``mlflow.pyfunc.load_model(uri)`` and
-        ``.unwrap_python_model()`` for a logged or registered model; :mod:`mlflow.pyfunc` calls
-        :meth:`load_context` and :meth:`predict`.
+        Use :func:`load_bundle_model` for a bundle folder and :func:`load_downloaded_model` for
+        a downloaded logged or registered model (seglab's own path: it runs none of the model's
+        stored code). ``mlflow.pyfunc.load_model(uri).unwrap_python_model()`` works too, for
+        models from a store you trust: it runs the stored ``model_code.py``, then calls
+        :meth:`load_context`; MLflow calls :meth:`predict`.
         """
 
 
 def load_bundle_model(bundle_dir: str | os.PathLike[str], device: str = "cpu") -> BundleModel:
     """Load a model from a saved bundle folder (the ``bundle`` artifact of a logged model)."""
+    return BundleModel().load(bundle_dir, device=device)
+
+
+def load_downloaded_model(model_dir: str | os.PathLike[str], device: str = "cpu") -> BundleModel:
+    """Load a seglab model downloaded from MLflow (its ``MLmodel`` folder) without running code.
+
+    ``mlflow.pyfunc.load_model`` runs the ``model_code.py`` stored with a "models from code"
+    model: anyone who can write to the artifact store could run code on every machine that
+    loads the model. Here the ``MLmodel`` file is read as data (``yaml.safe_load``), its
+    ``bundle`` artifact located, and that bundle loaded by the installed seglab: settings from
+    JSON, weights with ``torch.load(weights_only=True)``. The stored code is never executed.
+
+    Parameters
+    ----------
+    model_dir : path-like
+        The downloaded model folder (``MLmodel``, ``artifacts/bundle``, ...).
+    device : str
+        Torch device of the networks.
+
+    Returns
+    -------
+    BundleModel
+    """
+    import yaml
+
+    folder = Path(model_dir)
+    meta_file = folder / "MLmodel"
+    try:
+        meta = yaml.safe_load(meta_file.read_text())
+    except FileNotFoundError as err:
+        raise SeglabError(
+            f"{folder} has no MLmodel file", "the folder is not an MLflow model; download it again"
+        ) from err
+    except yaml.YAMLError as err:
+        raise SeglabError(
+            f"{meta_file} is not valid YAML", "the model's files are damaged; log it again"
+        ) from err
+    flavors = meta.get("flavors") if isinstance(meta, dict) else None
+    pyfunc = flavors.get("python_function") if isinstance(flavors, dict) else None
+    artifacts = pyfunc.get("artifacts") if isinstance(pyfunc, dict) else None
+    bundle = artifacts.get("bundle") if isinstance(artifacts, dict) else None
+    relative = bundle.get("path") if isinstance(bundle, dict) else None
+    if not isinstance(relative, str):
+        raise SeglabError(
+            f"the model in {folder} is not a seglab model (its MLmodel names no bundle artifact)",
+            "register models with seglab train; load others with mlflow.pyfunc if you trust them",
+        )
+    bundle_dir = (folder / relative).resolve()
+    if folder.resolve() not in bundle_dir.parents:
+        raise SeglabError(
+            f"the MLmodel file in {folder} points its bundle outside the model ({relative})",
+            "the model's files were altered; restore them or log the model again",
+        )
     return BundleModel().load(bundle_dir, device=device)

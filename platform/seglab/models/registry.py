@@ -205,7 +205,7 @@ def fetch_model(store: TrackingStore, uri: str, folder: str | os.PathLike[str]) 
 
 
 def load_model(store: TrackingStore, uri: str) -> tuple[BundleModel, ModelVersion]:
-    """Load a registered seglab model through MLflow's pyfunc loader.
+    """Load a registered seglab model (its files as data: no code stored with it is run).
 
     Parameters
     ----------
@@ -217,12 +217,11 @@ def load_model(store: TrackingStore, uri: str) -> tuple[BundleModel, ModelVersio
     -------
     (BundleModel, ModelVersion)
     """
-    import mlflow.pyfunc
+    from seglab.models.pyfunc import load_downloaded_model
 
     folder = tempfile.mkdtemp(prefix="seglab-model-")
     version = fetch_model(store, uri, folder)
-    loaded = mlflow.pyfunc.load_model(folder)
-    return loaded.unwrap_python_model(), version
+    return load_downloaded_model(folder), version
 
 
 # -- evaluations ------------------------------------------------------------------------------

@@ -265,17 +265,17 @@ def _model_id(store: TrackingStore, result: ChildResult) -> str:
 
 
 def _load_model(store: TrackingStore, result: ChildResult, folder: Path) -> Any:
-    import mlflow.pyfunc
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     from seglab.models.publish import quiet_artifact_progress
+    from seglab.models.pyfunc import load_downloaded_model
 
     location = store.client().get_logged_model(_model_id(store, result)).artifact_location
     quiet_artifact_progress()
     folder.mkdir(parents=True, exist_ok=True)
     with artifact_access(store):
         get_artifact_repository(location).download_artifacts("", str(folder))
-    return mlflow.pyfunc.load_model(str(folder)).unwrap_python_model()
+    return load_downloaded_model(folder)
 
 
 def _evaluation_set(recipe: Recipe, result: ChildResult) -> tuple[Path, list[str] | None]:
