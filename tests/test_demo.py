@@ -108,32 +108,12 @@ def test_tile_features_depend_only_on_the_tile():
     np.testing.assert_allclose(tile_features(tiles[:1]), full[:1], rtol=1e-5, atol=1e-5)
 
 
-TINY_UNET = {
-    "network_options#unet#channels": [4, 8],
-    "network_options#unet#strides": [2],
-    "network_options#unet#num_res_units": 0,
-    "epochs": 1,
-    "val_interval": 1,
-}
-
-
-def test_demo_training_registers_promotes_and_evaluates_the_champions(tmp_path, monkeypatch):
-    from seglab.demo import DemoStudies, DemoTraining
+def test_demo_training_registers_promotes_and_evaluates_the_champions(tiny_demo, monkeypatch):
     from seglab.models.registry import audit_trail, resolve_version
     from seglab.tracking.store import resolve_store
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    training = DemoTraining(
-        lung_size=256,
-        lung_train=3,
-        lung_test=1,
-        sem_shape=(8, 96, 96),
-        lung=TINY_UNET | {"tiling_preset": "no-overlap", "num_samples": 2, "batch_size": 2},
-        mito=TINY_UNET | {"patch_size": 64, "iterations_per_epoch": 2, "num_slices": 1},
-        studies=DemoStudies(search_trials=2, overrides={"epochs": 1, "val_interval": 1}),
-    )
-    store = tmp_path / "mlruns"
-    summary = run_demo(tmp_path / "out", seed=0, store=store, training=training)
+    out, store, summary = tiny_demo
     for path in summary.outputs.values():
         assert path.exists(), path
     text = summary.report()
@@ -154,8 +134,8 @@ def test_demo_training_registers_promotes_and_evaluates_the_champions(tmp_path, 
     ]
     assert {r.info.status for r in parents} == {"FINISHED"}
     for name, report in (("tiling-demo", "table2.md"), ("ablation-demo", "table2.md")):
-        assert (tmp_path / "out" / "studies" / name / report).is_file()
-    assert (tmp_path / "out" / "studies" / "search-demo" / "trials.csv").is_file()
+        assert (out / "studies" / name / report).is_file()
+    assert (out / "studies" / "search-demo" / "trials.csv").is_file()
     assert "study tiling-demo (tiling): 4 child runs" in text
     assert "study search-demo (search): 2 child runs" in text
     evaluations = client.search_runs([client.get_experiment_by_name("evaluations").experiment_id])
