@@ -178,3 +178,29 @@ def test_no_file_still_applies_the_level(capsys):
         print("shown", file=stream)
     assert capsys.readouterr().err == "" and stream.getvalue() == "shown\n"
     assert last_log() is None
+
+
+def test_bytes_written_to_stdout_pass_through_and_are_not_logged(tmp_path):
+    path = tmp_path / "later" / "out.log"
+
+    class Binary:
+        written = []
+
+        def write(self, data):
+            self.written.append(data)
+            return len(data)
+
+        def flush(self):
+            pass
+
+    sink = Binary()
+    saved = sys.stdout
+    sys.stdout = sink
+    try:
+        with command_log(path, ["x"]):
+            sys.stdout.write(b"")  # click's probe for a binary stream
+            print("text")
+            path.parent.mkdir()
+    finally:
+        sys.stdout = saved
+    assert b"" in sink.written and "text" in path.read_text()

@@ -123,14 +123,19 @@ class _BesideOutput(logging.Handler):
         self.write_text(text + "\n")
 
     def write_text(self, text: str) -> None:
-        """Append ``text`` as it is (stdout lines, separators)."""
+        """Append ``text`` as it is (stdout lines, separators); never raises."""
+        if not isinstance(text, str):
+            return
         if self._file is None and not self._open():
             self._pending.append(text)
             del self._pending[:-PENDING_LIMIT]
             return
         assert self._file is not None
-        self._file.write(text)
-        self._file.flush()
+        try:
+            self._file.write(text)
+            self._file.flush()
+        except (OSError, ValueError):  # a full disk or a closed file must not fail the command
+            pass
 
     def _open(self) -> bool:
         if self._refused:
@@ -169,7 +174,8 @@ class _Tee:
         self._log = log
 
     def write(self, text: str) -> int:
-        self._log.write_text(text)
+        if isinstance(text, str):  # click probes with write(b""): bytes go to the stream alone
+            self._log.write_text(text)
         return self.stream.write(text)
 
     def flush(self) -> None:
