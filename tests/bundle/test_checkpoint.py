@@ -153,12 +153,54 @@ def test_a_completed_training_resumed_runs_no_epoch(tmp_path):
     assert epochs == [] and again.state.resumed_from_epoch == 2
 
 
-def test_a_truncated_checkpoint_is_refused(tmp_path):
+@pytest.mark.parametrize(
+    "kept",
+    [lambda n: 0, lambda n: 1, lambda n: n // 2, lambda n: n - 1],
+    ids=["empty", "one-byte", "half", "all-but-the-last-byte"],
+)
+def test_a_truncated_checkpoint_is_refused_in_one_line(tmp_path, kept):
+    """Each cut reaches another failure inside torch.load; all give the same one-line error."""
     tiny_trainer(tmp_path, epochs=1).run()
     path = tmp_path / "checkpoint.pt"
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(SeglabError, match=r"checkpoint.pt: unreadable or corrupt.*resume=false"):
+    data = path.read_bytes()
+    path.write_bytes(data[: kept(len(data))])
+    with pytest.raises(
+        SeglabError, match=r"checkpoint.pt: unreadable or corrupt.*resume=false"
+    ) as info:
         tiny_trainer(tmp_path, epochs=2, resume=True).run()
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "delete the file" in message
+    assert "weights_only=False" not in message  # torch's advice would run code from the file
+
+
+def test_the_checkpoint_names_the_run_that_wrote_it(tmp_path):
+    first = tiny_trainer(tmp_path, epochs=1)
+    first.add_event_handler(Events.STARTED, lambda e: setattr(e.state, "tracking_run_id", "r1"))
+    first.run()
+    assert load(tmp_path / "checkpoint.pt")["run_id"] == "r1"
+    second = tiny_trainer(tmp_path, epochs=2, resume=True)
+    second.run()  # no tracking: the new checkpoint names no run
+    assert second.state.resumed_from_epoch == 1 and second.state.resumed_from_run == "r1"
+    assert load(tmp_path / "checkpoint.pt")["run_id"] is None
+    third = tiny_trainer(tmp_path, epochs=3, resume=True)
+    third.run()
+    assert third.state.resumed_from_epoch == 2 and third.state.resumed_from_run is None
+    fresh = tiny_trainer(tmp_path / "fresh", epochs=1, resume=True)
+    fresh.run()
+    assert fresh.state.resumed_from_run is None
+
+
+def test_temporary_files_of_a_killed_write_are_removed_at_start(tmp_path):
+    tiny_trainer(tmp_path, epochs=1).run()
+    torn = (tmp_path / "checkpoint.pt").read_bytes()[:100]
+    stale = tmp_path / ".checkpoint.k3j2x.tmp.pt"  # as atomic_file names its temporary
+    others = [tmp_path / "model.pt", tmp_path / ".model.ab.tmp.pt", tmp_path / "checkpoint.pt.bak"]
+    for path in [stale, *others]:
+        path.write_bytes(torn)
+    resumed = tiny_trainer(tmp_path, epochs=2, resume=True)
+    resumed.run()
+    assert resumed.state.resumed_from_epoch == 1 and not stale.exists()
+    assert all(other.read_bytes() == torn for other in others)
 
 
 class Opaque:
@@ -204,6 +246,7 @@ def test_a_checkpoint_with_another_epoch_length_is_refused(tmp_path):
     [
         (lambda: EpochCheckpoint("out", {}), "non-empty mapping"),
         (lambda: EpochCheckpoint("out", {"trainer": torch.nn.Linear(1, 1)}), "reserved name"),
+        (lambda: EpochCheckpoint("out", {"run_id": torch.nn.Linear(1, 1)}), "reserved name"),
         (lambda: EpochCheckpoint("out", {"model": object()}), "no state_dict"),
         (lambda: EpochCheckpoint("out", {"model": torch.nn.Linear(1, 1)}, "a/b.pt"), "plain file"),
         (lambda: ResumeFromCheckpoint("c.pt", {"model": 3}), "no load_state_dict"),

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 
 from seglab.tracking.handlers import RunLogger
 from seglab.tracking.store import TAG_FAILURE, resolve_store
@@ -59,3 +59,32 @@ def test_disabled_logger_records_nothing(store_dir):
     RunLogger("unit", "tiny", store_dir=store_dir, enabled=False).attach(engine)
     engine.run([1.0], max_epochs=1)
     assert not (store_dir / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("resumed", "expected"),
+    [
+        ({}, {}),
+        ({"resumed_from_epoch": 4, "resumed_from_run": None}, {"seglab.resumed_from_epoch": "4"}),
+        (
+            {"resumed_from_epoch": 4, "resumed_from_run": "abc123"},
+            {"seglab.resumed_from_epoch": "4", "seglab.resumed_from_run": "abc123"},
+        ),
+    ],
+)
+def test_the_run_names_what_it_resumed_from_and_its_id_goes_on_the_trainer(
+    store_dir, resumed, expected
+):
+    engine = make_engine()
+
+    def restore(engine):  # what ResumeFromCheckpoint sets before the logger opens its run
+        for key, value in resumed.items():
+            setattr(engine.state, key, value)
+
+    engine.add_event_handler(Events.STARTED, restore)
+    RunLogger("unit", "tiny", store_dir=store_dir).attach(engine)
+    engine.run([1.0], max_epochs=1)
+    _, run = only_run(store_dir)
+    tags = {k: v for k, v in run.data.tags.items() if k.startswith("seglab.resumed_from")}
+    assert tags == expected
+    assert engine.state.tracking_run_id == run.info.run_id

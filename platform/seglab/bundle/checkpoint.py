@@ -11,6 +11,10 @@ Ignite handlers that bundle configs attach to a trainer (``train#handlers``):
 - :class:`EpochCheckpoint` (after the ``ValidationHandler``) writes the finished epoch's state
   atomically: a process killed at any moment leaves the previous or the new file, never a torn one.
 
+A checkpoint also names the tracking run that wrote it (``engine.state.tracking_run_id``, set by
+:class:`seglab.tracking.handlers.RunLogger`); a resumed trainer gets it as
+``engine.state.resumed_from_run``, so the new run can say which run it continues.
+
 Together they make a resumed training reproduce an uninterrupted one exactly (on the same
 machine and software). torch and ignite are imported inside the methods.
 """
@@ -33,6 +37,7 @@ __all__ = [
     "EpochSeeder",
     "InitialWeights",
     "ResumeFromCheckpoint",
+    "load_weights",
 ]
 
 CHECKPOINT_FORMAT = 1
@@ -40,6 +45,9 @@ CHECKPOINT_FORMAT = 1
 
 TRAINER_KEY = "trainer"
 """Name under which the trainer's own state (iteration, epoch_length, max_epochs) is saved."""
+
+RUN_KEY = "run_id"
+"""Name under which the id of the tracking run that wrote the checkpoint is saved (or None)."""
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +97,12 @@ class EpochCheckpoint:
     """Write the training state atomically after every epoch.
 
     The file holds ``{name: obj.state_dict() for name, obj in save_dict.items()}``, the state of
-    the trainer the handler is attached to under ``"trainer"``, and ``"epoch"`` (the finished
-    epoch, 1-based) and ``"format"`` (:data:`CHECKPOINT_FORMAT`). It is written with
-    :func:`torch.save` into a temporary sibling, flushed to disk and renamed over ``filename``.
+    the trainer the handler is attached to under ``"trainer"``, ``"epoch"`` (the finished
+    epoch, 1-based), ``"format"`` (:data:`CHECKPOINT_FORMAT`) and ``"run_id"`` (the trainer's
+    ``state.tracking_run_id``, or None without tracking). It is written with :func:`torch.save`
+    into a temporary sibling, flushed to disk and renamed over ``filename``, and the folder is
+    flushed after the rename. Temporary files that a killed process left behind are removed when
+    the trainer starts.
 
     Parameters
     ----------
@@ -126,10 +137,22 @@ class EpochCheckpoint:
         self.save_dict = dict(save_dict)
 
     def attach(self, engine: Any) -> None:
-        """Register :meth:`epoch_completed` on the trainer's ``EPOCH_COMPLETED``."""
+        """Register :meth:`started` and :meth:`epoch_completed` on the trainer."""
         from ignite.engine import Events
 
+        engine.add_event_handler(Events.STARTED, self.started)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def started(self, engine: Any = None) -> None:
+        """Remove the temporary files of writes that a killed process never finished."""
+        # atomic_file names its temporary ".<stem>.<random>.tmp<suffixes>" beside the file
+        pattern = f".{self.path.stem}.*.tmp{''.join(self.path.suffixes)}"
+        for stale in self.path.parent.glob(pattern):
+            try:
+                stale.unlink()
+            except OSError:
+                continue
+            logger.info("removed %s, left by an unfinished checkpoint write", stale)
 
     def epoch_completed(self, engine: Any) -> None:
         """Save the state of the epoch that just finished."""
@@ -139,10 +162,12 @@ class EpochCheckpoint:
         checkpoint[TRAINER_KEY] = engine.state_dict()
         checkpoint["epoch"] = int(engine.state.epoch)
         checkpoint["format"] = CHECKPOINT_FORMAT
+        checkpoint[RUN_KEY] = getattr(engine.state, "tracking_run_id", None)
         with atomic_file(self.path) as tmp, open(tmp, "wb") as f:
             torch.save(checkpoint, f)
             f.flush()
             os.fsync(f.fileno())
+        _fsync_folder(self.path.parent)  # the rename itself survives a power cut
 
 
 class ResumeFromCheckpoint:
@@ -151,8 +176,13 @@ class ResumeFromCheckpoint:
     Loads the file with ``torch.load(..., weights_only=True)``, restores every object of
     ``load_dict`` and the trainer's iteration and epoch, so ignite continues with the epoch after
     the saved one. The trainer keeps its own ``max_epochs`` (a run may be resumed with more
-    epochs). Sets ``engine.state.resumed_from_epoch`` to the checkpoint's epoch, or to ``None``
-    when training starts from scratch.
+    epochs). Sets ``engine.state.resumed_from_epoch`` to the checkpoint's epoch and
+    ``engine.state.resumed_from_run`` to the id of the tracking run that wrote it (None when it
+    names none), or both to ``None`` when training starts from scratch.
+
+    A damaged or cut-short file is refused with a one-line error, not skipped: the file is only
+    ever replaced by a complete one (see :class:`EpochCheckpoint`), so a killed training cannot
+    leave it torn, and there is no older checkpoint to fall back to.
 
     Parameters
     ----------
@@ -192,6 +222,7 @@ class ResumeFromCheckpoint:
     def started(self, engine: Any) -> None:
         """Load the checkpoint into the objects and the trainer, if enabled and present."""
         engine.state.resumed_from_epoch = None
+        engine.state.resumed_from_run = None
         if not self.enabled:
             return
         if not self.path.is_file():
@@ -202,6 +233,8 @@ class ResumeFromCheckpoint:
             self._restore(name, obj, checkpoint[name])
         self._restore_trainer(engine, checkpoint)
         engine.state.resumed_from_epoch = checkpoint["epoch"]
+        run_id = checkpoint.get(RUN_KEY)
+        engine.state.resumed_from_run = run_id if isinstance(run_id, str) and run_id else None
         logger.info("resumed from %s after epoch %d", self.path, checkpoint["epoch"])
 
     def _fail(self, problem: str) -> SeglabError:
@@ -211,15 +244,19 @@ class ResumeFromCheckpoint:
         )
 
     def _read(self) -> dict[str, Any]:
-        import pickle
+        import warnings
 
         import torch
 
         try:
-            checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise self._fail(f"unreadable or corrupt ({reason})") from err
+            with warnings.catch_warnings():
+                # the weights-only unpickler warns about pickle protocols it was not written for
+                warnings.simplefilter("ignore", UserWarning)
+                checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
+        except MemoryError:
+            raise
+        except Exception as err:  # noqa: BLE001 - torch and pickle fail in many ways on bad files
+            raise self._fail(f"unreadable or corrupt ({_load_failure(err)})") from err
         if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
             raise self._fail(f"not a seglab checkpoint of format {CHECKPOINT_FORMAT}")
         missing = [n for n in [*self.load_dict, TRAINER_KEY, "epoch"] if n not in checkpoint]
@@ -295,20 +332,8 @@ class InitialWeights:
         """Load the weights (no-op without a path)."""
         if self.path is None:
             return
-        import pickle
-
-        import torch
-
         fix = "pass the state_dict of a network with the same name, options and input slices"
-        if not self.path.is_file():
-            raise SeglabError(f"initial weights {self.path} not found", fix)
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise SeglabError(
-                f"initial weights {self.path} are unreadable ({reason})", fix
-            ) from err
+        state = load_weights(self.path, "initial weights", fix)
         if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
             state = state["model"]
         try:
@@ -321,6 +346,76 @@ class InitialWeights:
         logger.info("loaded initial weights from %s", self.path)
 
 
+def _load_failure(error: BaseException) -> str:
+    """Say briefly why ``torch.load`` failed (its own messages run over many lines)."""
+    import pickle
+
+    if isinstance(error, EOFError):
+        return "the file ends early"
+    if isinstance(error, pickle.UnpicklingError):
+        # torch's text advises weights_only=False, which would run code from the file
+        return "damaged, or holds objects other than tensors and plain values"
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:120]}" if lines else type(error).__name__
+
+
+def load_weights(path: str | os.PathLike[str], what: str = "weights file", fix: str = "") -> Any:
+    """Read weights or a checkpoint with ``torch.load(..., weights_only=True)`` (runs no code).
+
+    Parameters
+    ----------
+    path : path-like
+        A file written by ``torch.save`` (a ``state_dict``, or a checkpoint dict).
+    what : str
+        What the file is, for the message (``"initial weights"``).
+    fix : str
+        What to do when it cannot be read.
+
+    Returns
+    -------
+    object
+        What the file holds (tensors, plain values and containers of them), on the CPU.
+
+    Raises
+    ------
+    SeglabError
+        When the file is missing, damaged, cut short, not a torch file, or holds other objects.
+    """
+    import warnings
+
+    import torch
+
+    path = Path(path)
+    fix = fix or "check the path, or save the weights again with torch.save(state_dict)"
+    if not path.is_file():
+        raise SeglabError(f"{what} {path} not found", fix)
+    try:
+        with warnings.catch_warnings():
+            # the weights-only unpickler warns about pickle protocols it was not written for
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - torch and pickle fail in many ways on bad files
+        raise SeglabError(
+            f"{what} {path} is corrupt or not a PyTorch weights file ({_load_failure(err)})", fix
+        ) from err
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries to disk (where the platform can open folders)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _check_objects(objects: Any, name: str, method: str) -> None:
     """Validate a ``save_dict``/``load_dict``: names to objects that have ``method``."""
     if not isinstance(objects, Mapping) or not objects:
@@ -329,7 +424,7 @@ def _check_objects(objects: Any, name: str, method: str) -> None:
             f"pass e.g. {name}={{'model': network, 'optimizer': optimizer}}",
         )
     for key, obj in objects.items():
-        if key in (TRAINER_KEY, "epoch", "format"):
+        if key in (TRAINER_KEY, "epoch", "format", RUN_KEY):
             raise SeglabError(
                 f"{name} may not use the reserved name {key!r}",
                 "the trainer is saved and restored by the handler itself; leave it out",

@@ -8,7 +8,10 @@ and of the validator (a per-class metric becomes one metric per class), and at t
 learning curves (``learning_curves.png`` and ``history.csv``) and the bundle's configs, runs the
 *finishers* (e.g. :class:`seglab.workflows.training.ModelPublisher`: final evaluation, logged
 model, registration) and ends the run FINISHED, or FAILED with the reason when anything raises.
-A training resumed from a checkpoint opens a new run tagged with the epoch it resumed from.
+A training resumed from a checkpoint opens a new run (never appends to the old one, which
+:func:`~seglab.tracking.runs.open_run` marks FAILED if its process died) tagged with the epoch it
+resumed from (``seglab.resumed_from_epoch``) and the run that wrote that checkpoint
+(``seglab.resumed_from_run``).
 """
 
 from __future__ import annotations
@@ -68,6 +71,12 @@ class RunLogger:
 
     Notes
     -----
+    The run's id is put on the trainer as ``engine.state.tracking_run_id`` (the epoch checkpoint
+    records it). A resumed trainer carries ``state.resumed_from_epoch`` and
+    ``state.resumed_from_run`` (set by :class:`seglab.bundle.ResumeFromCheckpoint`, which must be
+    attached first); they become the tags ``seglab.resumed_from_epoch`` and
+    ``seglab.resumed_from_run``.
+
     A trainer stopped early by a pruner (``engine.state.seglab_pruned`` set, see
     :class:`seglab.studies.search.PruningHandler`) ends FINISHED with the tag
     ``seglab.pruned=true`` and without running the finishers (no model is published).
@@ -124,12 +133,16 @@ class RunLogger:
         store = resolve_store(self.store_dir, tracking_uri=self.tracking_uri)
         params = self.params | {"max_epochs": engine.state.max_epochs}
         resumed = getattr(engine.state, "resumed_from_epoch", None)
+        resumed_run = getattr(engine.state, "resumed_from_run", None)
         # the command line holds the overrides of `python -m monai.bundle run --id value`
         tags = {"seglab.command": shlex.join(sys.argv)[:5000], **self.tags}
         if resumed:
             tags["seglab.resumed_from_epoch"] = str(resumed)
+            if resumed_run:
+                tags["seglab.resumed_from_run"] = str(resumed_run)
         self.handle = open_run(store, self.experiment, self.run_prefix, params=params, tags=tags)
         self.last_run_id = self.handle.run_id
+        engine.state.tracking_run_id = self.handle.run_id
         if self.dataset_dir is not None:
             manifest = Path(self.dataset_dir) / "manifest.json"
             if manifest.is_file():
