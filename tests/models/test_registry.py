@@ -174,3 +174,25 @@ def test_a_version_whose_files_are_gone_can_never_become_champion(three_versions
     shutil.rmtree(Path(urlparse(resolve_version(store, "models:/lung-tiny/1").source).path))
     with pytest.raises(SeglabError, match="files are missing"):
         rollback(store, "lung-tiny")
+
+
+def test_a_champion_whose_files_vanished_is_a_one_line_error_that_suggests_rollback(
+    three_versions, tmp_path
+):
+    from seglab.models.registry import fetch_model, load_model
+
+    store = three_versions
+    evaluate(store, 1, 0.80)
+    promote(store, "lung-tiny", 1)
+    source = Path(urlparse(resolve_version(store, "models:/lung-tiny/1").source).path)
+    shutil.rmtree(source)  # e.g. the artifact store was cleaned up after the promotion
+    cases = [
+        ("models:/lung-tiny@champion", r"1 \(@champion\) is missing files.*rollback lung-tiny`"),
+        ("models:/lung-tiny/1", r"version 1 is missing files.*use another version"),
+    ]
+    for uri, expected in cases:
+        with pytest.raises(SeglabError, match=expected) as caught:
+            fetch_model(store, uri, tmp_path / "m")
+        assert "\n" not in str(caught.value)
+        with pytest.raises(SeglabError, match=expected):
+            load_model(store, uri)

@@ -35,11 +35,42 @@ def test_default_store_is_sqlite_under_mlruns_with_artifacts_beside_it(tmp_path,
 
 def test_environment_uri_wins_and_explicit_uri_wins_over_it(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
-    store = resolve_store(tmp_path)
+    store = resolve_store(tmp_path, check_server=False)
     assert store.tracking_uri == "http://127.0.0.1:5999" and not store.is_embedded
     assert store.experiment_artifact_location("x") is None
     explicit = resolve_store(tracking_uri=f"sqlite:///{tmp_path / 'team' / 'mlflow.db'}")
     assert explicit.local_dir == tmp_path / "team"
+
+
+def test_a_tracking_server_that_does_not_answer_is_refused_at_once(monkeypatch):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    with pytest.raises(SeglabError, match=f"127.0.0.1:{port} does not answer.*MLFLOW_TRACKING_URI"):
+        resolve_store()
+
+
+def test_a_tracking_server_that_answers_is_accepted(monkeypatch):
+    import http.server
+    import threading
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the name http.server calls
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        assert resolve_store(tracking_uri=uri).tracking_uri == uri
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_plain_folder_is_refused_with_a_hint(tmp_path):

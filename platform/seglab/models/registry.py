@@ -17,14 +17,28 @@ everyone's results. Here:
   registered model's page, and ``seglab models show`` prints them;
 - :func:`rollback` moves an alias back to the version it pointed at before the promotion that
   put the current version there.
+
+Promotions and rollbacks of one model may run at the same time (several people, scripts, a
+search that registers its best model). Reading the champion, the gate, the alias move and the
+audit entry are one critical section, guarded by a lock that works through any MLflow store
+(embedded SQLite, or a server with PostgreSQL behind it, where a file lock would not reach):
+a registered model named ``seglab.lock.<name>``. Creating a registered model whose name exists
+fails in every store (the name is the database's primary key), so exactly one process creates
+it; it carries its owner (host, pid, process start time, a random token) and is deleted when
+the section ends. A lock whose owner process on this host is dead is broken at once; one seen
+unchanged for :data:`LOCK_STALE_S` is broken as abandoned (a holder gives up before moving the
+alias once it has held the lock for half that). Listings skip these models.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
+import random
 import re
+import secrets
 import tempfile
 import time
 from collections.abc import Iterator
@@ -35,10 +49,11 @@ from typing import TYPE_CHECKING, Any
 
 from seglab.errors import SeglabError
 from seglab.models.publish import quiet_artifact_progress
-from seglab.tracking.store import TrackingStore, artifact_access
+from seglab.tracking.store import TrackingStore, _owner_is_alive, artifact_access, owner_tags
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
+    from mlflow.tracking import MlflowClient
 
     from seglab.models.pyfunc import BundleModel
 
@@ -62,6 +77,14 @@ __all__ = [
 ALIASES = ("champion", "candidate")
 EVAL_TAG = "seglab.eval."
 AUDIT_TAG = "seglab.audit."
+#: Registered models named ``<LOCK_PREFIX><model>`` are promotion locks, not models.
+LOCK_PREFIX = "seglab.lock."
+TAG_LOCK_TOKEN = "seglab.lock_token"
+TAG_LOCK_SINCE = "seglab.lock_since"
+#: Most seconds a promotion or rollback waits for another one of the same model.
+LOCK_TIMEOUT_S = 120.0
+#: A lock seen unchanged this long (s) is taken as abandoned and broken.
+LOCK_STALE_S = 60.0
 _URI = re.compile(
     r"^models:/(?P<name>[A-Za-z0-9_.\-]+)(?:@(?P<alias>[A-Za-z0-9_\-]+)|/(?P<version>\d+))?$"
 )
@@ -193,10 +216,19 @@ def fetch_model(store: TrackingStore, uri: str, folder: str | os.PathLike[str]) 
     version = resolve_version(store, uri)
     missing = missing_files(store, version)
     if missing:
+        _, _, alias = parse_model_uri(uri)
+        pointer = f" (@{alias})" if alias else ""
+        option = "" if alias in (None, "champion") else f" --alias {alias}"
+        instead = (
+            f"roll @{alias} back (`seglab models rollback {version.name}{option}`) or promote "
+            "another version"
+            if alias
+            else "use another version"
+        )
         raise SeglabError(
-            f"model {version.name} version {version.version} is missing files "
+            f"model {version.name} version {version.version}{pointer} is missing files "
             f"({', '.join(missing)}) at {version.source}",
-            "restore the artifact store, or promote another version",
+            f"restore the artifact store, or {instead}",
         )
     quiet_artifact_progress()
     with artifact_access(store):
@@ -266,8 +298,18 @@ def audit_trail(store: TrackingStore, name: str) -> list[AuditEntry]:
 
 
 def _append_audit(store: TrackingStore, name: str, entry: AuditEntry) -> None:
-    stamp = f"{time.time_ns():020d}-{os.getpid()}"
+    """Add ``entry`` after the last one (called under the registry lock).
+
+    The key's time is made later than the last entry's, so that the trail keeps the order of
+    the moves even when the clocks of the machines that made them disagree.
+    """
     client = store.client()
+    stamps = [
+        int(key[len(AUDIT_TAG) :].split("-")[0])
+        for key in client.get_registered_model(name).tags or {}
+        if key.startswith(AUDIT_TAG) and key[len(AUDIT_TAG) :].split("-")[0].isdigit()
+    ]
+    stamp = f"{max([time.time_ns(), *(t + 1 for t in stamps)]):020d}-{os.getpid()}"
     client.set_registered_model_tag(name, f"{AUDIT_TAG}{stamp}", json.dumps(asdict(entry)))
     moved = f"{entry.from_version or '-'} -> {entry.to_version}"
     client.set_registered_model_tag(
@@ -296,6 +338,133 @@ def _alias_holder(store: TrackingStore, name: str, alias: str) -> ModelVersion |
         return store.client().get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+# -- the registry lock -----------------------------------------------------------------------
+class _RegistryLock:
+    """A held lock on registered model ``name`` (see the module notes)."""
+
+    def __init__(self, client: MlflowClient, name: str, token: str) -> None:
+        self.client = client
+        self.name = name
+        self.token = token
+        self.acquired = time.monotonic()
+
+    def confirm(self) -> None:
+        """Raise unless the lock is still ours and young enough that no one may have broken it.
+
+        Called right before the alias moves. A waiter breaks a lock it has seen unchanged for
+        :data:`LOCK_STALE_S`; a holder stops after half that, so the two cannot overlap.
+        """
+        held = time.monotonic() - self.acquired
+        if held > LOCK_STALE_S / 2 or _lock_token(self.client, self.name) != self.token:
+            raise SeglabError(
+                f"the registry lock on {self.name} was held {held:.0f} s and may have been "
+                "taken over by another process; nothing was changed",
+                "run the command again (check that the tracking store is responsive)",
+            )
+
+
+def _lock_name(name: str) -> str:
+    return f"{LOCK_PREFIX}{name}"
+
+
+def _lock_tags(client: MlflowClient, name: str) -> dict[str, str] | None:
+    """Return the tags of ``name``'s lock, or None when nobody holds it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(client.get_registered_model(_lock_name(name)).tags or {})
+    except MlflowException:
+        return None
+
+
+def _lock_token(client: MlflowClient, name: str) -> str | None:
+    tags = _lock_tags(client, name)
+    return None if tags is None else tags.get(TAG_LOCK_TOKEN, "")
+
+
+def _release(client: MlflowClient, name: str, token: str) -> None:
+    """Delete ``name``'s lock if it still carries ``token``."""
+    from mlflow.exceptions import MlflowException
+
+    if _lock_token(client, name) != token:
+        return
+    # a failure leaves the lock to be broken by the next one (this process, when dead, or age)
+    with contextlib.suppress(MlflowException):
+        client.delete_registered_model(_lock_name(name))
+
+
+#: MLflow error codes of a lock creation that lost to another process (or met a busy store).
+_CONTENDED = frozenset(
+    {"RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "TEMPORARILY_UNAVAILABLE"}
+)
+
+
+@contextlib.contextmanager
+def _registry_lock(store: TrackingStore, name: str) -> Iterator[_RegistryLock]:
+    """Hold the lock on registered model ``name`` within the block (waiting for it if needed).
+
+    Raises
+    ------
+    SeglabError
+        When another live process holds it for more than :data:`LOCK_TIMEOUT_S`.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = store.client()
+    token = secrets.token_hex(8)
+    tags = {**owner_tags(), TAG_LOCK_TOKEN: token, TAG_LOCK_SINCE: _now()}
+    description = (
+        f"seglab holds this while it promotes or rolls back {name}, and deletes it after; "
+        f"one left by a dead process is broken after {LOCK_STALE_S:.0f} s"
+    )
+    deadline = time.monotonic() + LOCK_TIMEOUT_S
+    seen: tuple[str, float] | None = None  # (token, when first seen) of the other holder
+    pause = 0.05
+    while True:
+        try:
+            client.create_registered_model(_lock_name(name), tags=tags, description=description)
+            break
+        except MlflowException as err:
+            if err.error_code not in _CONTENDED:
+                raise SeglabError(
+                    f"cannot take the registry lock on {name}: {_mlflow_error(err)}",
+                    "check the tracking store is reachable and writable",
+                ) from err
+        now = time.monotonic()
+        holder = _lock_tags(client, name)
+        if holder is None:  # released in between, or the store was busy: try again
+            if now > deadline:
+                raise SeglabError(
+                    f"could not take the registry lock on {name} in {LOCK_TIMEOUT_S:.0f} s",
+                    "check the tracking store is reachable and writable",
+                )
+            time.sleep(0.01 + 0.05 * random.random())
+            continue
+        other = holder.get(TAG_LOCK_TOKEN, "")
+        if other == token:  # our create went through although its answer was an error
+            break
+        if seen is None or seen[0] != other:
+            seen = (other, now)
+        if _owner_is_alive(holder) is False or now - seen[1] > LOCK_STALE_S:
+            _release(client, name, other)
+            continue
+        if now > deadline:
+            raise SeglabError(
+                f"another promotion or rollback of {name} holds the registry lock (host "
+                f"{holder.get('seglab.host', '?')}, pid {holder.get('seglab.pid', '?')}, since "
+                f"{holder.get(TAG_LOCK_SINCE, '?')}) after {LOCK_TIMEOUT_S:.0f} s of waiting",
+                f"try again later; a lock left by a dead process is broken after "
+                f"{LOCK_STALE_S:.0f} s",
+            )
+        time.sleep(pause * (0.5 + random.random()))
+        pause = min(pause * 2, 1.0)
+    lock = _RegistryLock(client, name, token)
+    try:
+        yield lock
+    finally:
+        _release(client, name, token)
 
 
 def _compare(candidate: ModelVersion, champion: ModelVersion) -> tuple[Evaluation, Evaluation]:
@@ -374,6 +543,23 @@ def promote(
             f"version {version} of {name} is missing files ({', '.join(missing)})",
             "it cannot be promoted; log and register the model again",
         )
+    with _registry_lock(store, name) as lock:
+        # read again under the lock: evaluations may have been recorded while waiting
+        candidate = resolve_version(store, f"models:/{name}/{version}")
+        return _promote_locked(lock, store, candidate, alias, force, reason, user)
+
+
+def _promote_locked(
+    lock: _RegistryLock,
+    store: TrackingStore,
+    candidate: ModelVersion,
+    alias: str,
+    force: bool,
+    reason: str,
+    user: str | None,
+) -> AuditEntry:
+    """Run the gate, move the alias and record it (:func:`promote`, under its lock)."""
+    name, version = candidate.name, str(candidate.version)
     current = _alias_holder(store, name, alias)
     if current is not None and str(current.version) == version:
         raise SeglabError(f"version {version} of {name} is already @{alias}", "nothing to do")
@@ -399,6 +585,7 @@ def promote(
             f"run `seglab evaluate --model models:/{name}/{version} --data DIR` first, "
             "or use --force --reason",
         )
+    lock.confirm()
     _set_alias(store, name, alias, version)
     entry = AuditEntry(
         time=_now(),
@@ -435,6 +622,19 @@ def rollback(
     SeglabError
         No alias to roll back, no earlier version in the audit trail, or its files missing.
     """
+    with _registry_lock(store, name) as lock:
+        return _rollback_locked(lock, store, name, alias, reason, user)
+
+
+def _rollback_locked(
+    lock: _RegistryLock,
+    store: TrackingStore,
+    name: str,
+    alias: str,
+    reason: str,
+    user: str | None,
+) -> AuditEntry:
+    """Move the alias back and record it (:func:`rollback`, under its lock)."""
     current = _alias_holder(store, name, alias)
     if current is None:
         raise SeglabError(f"{name} has no @{alias} to roll back", f"see seglab models show {name}")
@@ -457,6 +657,7 @@ def rollback(
             f"({', '.join(missing)})",
             "promote another version with seglab models promote --force --reason",
         )
+    lock.confirm()
     _set_alias(store, name, alias, target)
     recorded = evaluations_of(previous)
     latest = max(recorded.values(), key=lambda e: e.time) if recorded else None
@@ -485,12 +686,12 @@ def _user() -> str:
 
 
 def iter_models(store: TrackingStore) -> Iterator[Any]:
-    """Yield the registered models of the store."""
+    """Yield the registered models of the store (not the promotion locks)."""
     client = store.client()
     token = None
     while True:
         page = client.search_registered_models(max_results=100, page_token=token)
-        yield from page
+        yield from (model for model in page if not model.name.startswith(LOCK_PREFIX))
         token = page.token
         if not token:
             return

@@ -92,6 +92,14 @@ def resolve_storage(spec: str | None, store: TrackingStore) -> Any:
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    if spec.startswith("sqlite:///"):
+        database = spec.removeprefix("sqlite:///").split("?", 1)[0]
+        if database and database != ":memory:" and not Path(database).parent.is_dir():
+            raise SeglabError(
+                f"the folder of SQLite storage {spec} does not exist",
+                "create it first, or fix --storage (sqlite:///relative/path.db or "
+                "sqlite:////absolute/path.db)",
+            )
     try:
         kwargs: dict[str, Any] = {}
         if spec.startswith("sqlite"):
@@ -101,6 +109,14 @@ def resolve_storage(spec: str | None, store: TrackingStore) -> Any:
         kwargs["heartbeat_interval"] = HEARTBEAT_S
         kwargs["grace_period"] = 3 * HEARTBEAT_S
         return _rdb_storage(spec, kwargs)
+    except ImportError as err:  # SQLAlchemy found no driver for the URL's database
+        scheme = spec.split(":", 1)[0]
+        raise SeglabError(
+            f"cannot open Optuna storage {_redacted(spec)}: the database driver for {scheme} "
+            "is not installed",
+            "install it (for postgresql:// pip install 'seglab[team]', i.e. psycopg[binary]; "
+            "pymysql for mysql+pymysql), or use sqlite:///PATH or journal:PATH",
+        ) from err
     except Exception as err:  # SQLAlchemy and drivers raise many kinds
         reason = " ".join(str(err).split())[:200]
         raise SeglabError(
@@ -127,8 +143,13 @@ def _rdb_storage(url: str, kwargs: dict[str, Any]) -> Any:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, **kwargs)
-        except (IntegrityError, OperationalError):
-            if attempt == STORAGE_ATTEMPTS - 1:
+        except (IntegrityError, OperationalError) as err:
+            # only the race is worth waiting for; an unreachable server or a file that cannot
+            # be opened fails the same way every time
+            racing = isinstance(err, IntegrityError) or any(
+                word in str(err).lower() for word in ("locked", "already exists", "duplicate")
+            )
+            if not racing or attempt == STORAGE_ATTEMPTS - 1:
                 raise
             time.sleep(0.5 * (attempt + 1) + random.random())
     raise AssertionError("unreachable")
@@ -166,6 +187,8 @@ def join_study(
 
     The creator opens the MLflow parent run (:class:`StudyRun`, fresh) and records its id in
     the study; a joiner waits up to :data:`JOIN_TIMEOUT_S` for that id and attaches to the run.
+    A joiner reseeds ``sampler`` at random, so that workers do not repeat each other's trials;
+    only the creator's draws follow the recipe's seed.
     """
     import optuna
 
@@ -181,6 +204,9 @@ def join_study(
         )
         created = True
     except optuna.exceptions.DuplicatedStudyError:
+        # Every worker seeds its sampler from the recipe: a joiner (or a resumed worker) with
+        # the creator's seed would draw the creator's parameters again, trial for trial.
+        sampler.reseed_rng()
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
         created = False
     if created:
@@ -323,7 +349,10 @@ def log_study_summary(
         client.set_tag(parent.run_id, "seglab.best_params", json.dumps(best["params"])[:5000])
     for key, value in metrics.items():
         client.log_metric(parent.run_id, key, value)
-    client.log_artifacts(parent.run_id, str(out_dir), "report")
+    # only this worker's files: another worker on this machine may be writing the same folder
+    # (its temporary files vanish while a whole-folder upload lists them)
+    for path in (out_dir / "trials.csv", out_dir / "best.json", *figures):
+        client.log_artifact(parent.run_id, str(path), "report")
     return best
 
 
@@ -447,5 +476,7 @@ def run_trials(
             f"best: trial {best['trial']}, {metric} = {best[metric]:.4f}, "
             f"{json.dumps(best['params'], default=str)}"
         )
-    result.outputs = {p.stem: p for p in sorted(out.iterdir()) if p.is_file()}
+    result.outputs = {
+        p.stem: p for p in sorted(out.iterdir()) if p.is_file() and not p.name.startswith(".")
+    }
     return result

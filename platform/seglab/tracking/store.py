@@ -65,9 +65,15 @@ class TrackingStore:
         return self.local_dir is not None
 
     def client(self) -> MlflowClient:
-        """Return an ``MlflowClient`` bound to this store (tracking and registry)."""
+        """Return an ``MlflowClient`` bound to this store (tracking and registry).
+
+        The first call in a process creates the embedded database's tables if needed, under a
+        file lock (:func:`_create_tables`).
+        """
         from mlflow.tracking import MlflowClient
 
+        if self.local_dir is not None and self.tracking_uri not in _TABLES_READY:
+            return _create_tables(self)
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     def experiment_artifact_location(self, name: str) -> str | None:
@@ -78,8 +84,42 @@ class TrackingStore:
         return f"{self.artifact_root}/{safe}"
 
 
+#: Embedded stores whose tables this process has seen created (tracking URIs).
+_TABLES_READY: set[str] = set()
+
+
+def _create_tables(store: TrackingStore) -> MlflowClient:
+    """Open ``store``'s database one process at a time, so that only one creates its tables.
+
+    MLflow creates and migrates the tables of a new SQLite database when a client first opens
+    it, without a lock: 4 processes opening a new store at the same moment failed and left it
+    half-migrated (``table _alembic_tmp_tags already exists`` on every later open) in 3 of 5
+    tries. Here the first client of each process is made, and both its stores (tracking and
+    registry) opened, under an exclusive lock on ``.<database>.lock`` beside the database;
+    later processes find the tables complete. Without ``fcntl`` (Windows) nothing is locked.
+    """
+    from mlflow.tracking import MlflowClient
+
+    assert store.local_dir is not None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux
+        fcntl = None
+    database = Path(store.tracking_uri.removeprefix("sqlite:///")).name
+    with open(store.local_dir / f".{database}.lock", "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        client = MlflowClient(tracking_uri=store.tracking_uri, registry_uri=store.tracking_uri)
+        client.search_registered_models(max_results=1)  # opens the registry store too
+    _TABLES_READY.add(store.tracking_uri)
+    return client
+
+
 def resolve_store(
-    store_dir: str | os.PathLike[str] | None = None, *, tracking_uri: str | None = None
+    store_dir: str | os.PathLike[str] | None = None,
+    *,
+    tracking_uri: str | None = None,
+    check_server: bool = True,
 ) -> TrackingStore:
     """Decide which store to use.
 
@@ -93,10 +133,20 @@ def resolve_store(
     tracking_uri : str, optional
         An explicit MLflow tracking URI (``http://...``, ``postgresql://...``,
         ``sqlite:///...``).
+    check_server : bool
+        Whether an ``http(s)://`` tracking server must answer (``GET <uri>/health`` within
+        :data:`SERVER_TIMEOUT_S`; once per process and URI). MLflow itself retries an
+        unreachable server for minutes before failing with a traceback.
 
     Returns
     -------
     TrackingStore
+
+    Raises
+    ------
+    SeglabError
+        A tracking URI that is not a URI, a server that does not answer, or an embedded store
+        folder that cannot be created or written.
     """
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
     if uri:
@@ -110,9 +160,49 @@ def resolve_store(
                 "use e.g. http://host:5000, postgresql://user@host/db or sqlite:///path/mlflow.db; "
                 "a plain folder is the old file store, which MLflow 3 refuses",
             )
+        if check_server and uri.lower().startswith(("http://", "https://")):
+            _check_server(uri)
         return TrackingStore(uri)
     folder = Path(store_dir if store_dir is not None else DEFAULT_STORE_DIR).resolve()
     return _embedded(folder, f"sqlite:///{folder / DATABASE_NAME}")
+
+
+#: Seconds a tracking server has to answer :func:`resolve_store`'s health check.
+SERVER_TIMEOUT_S = 5.0
+#: Tracking servers that answered in this process.
+_SERVERS_UP: set[str] = set()
+
+
+def _check_server(uri: str) -> None:
+    """Refuse a tracking server that does not answer ``GET <uri>/health``.
+
+    Any HTTP answer counts (a proxy may want a login for ``/health``): only a server that
+    cannot be reached, refuses the connection or stays silent is refused.
+    """
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    if uri in _SERVERS_UP:
+        return
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.hostname or ""
+    server = f"{parts.scheme}://{f'[{host}]' if ':' in host else host}"  # no user:password
+    try:
+        if parts.port is not None:
+            server += f":{parts.port}"
+        health = f"{server}{parts.path.rstrip('/')}/health"
+        with urllib.request.urlopen(health, timeout=SERVER_TIMEOUT_S):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answered
+    except (OSError, ValueError) as err:  # URLError, timeouts, refused connections, bad URLs
+        reason = getattr(err, "reason", None) or err
+        raise SeglabError(
+            f"the MLflow tracking server {server}{parts.path} does not answer ({reason})",
+            "start it (e.g. seglab ui, or mlflow server), or fix or unset MLFLOW_TRACKING_URI",
+        ) from err
+    _SERVERS_UP.add(uri)
 
 
 def _embedded(folder: Path, uri: str) -> TrackingStore:
