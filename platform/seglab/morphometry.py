@@ -363,6 +363,12 @@ def _check_image(image: Any) -> np.ndarray:
         )
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise SeglabError(f"image must be numeric, got dtype {array.dtype}", "pass grey levels")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise SeglabError(
+            f"image has {bad} NaN or infinite voxel value(s)",
+            "replace them with finite grey levels (e.g. 0) first",
+        )
     return array
 
 

@@ -26,6 +26,13 @@ FreshOption = Annotated[
         "--fresh", help="Start a new study run instead of resuming this recipe's earlier one."
     ),
 ]
+OverwriteOption = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace an --out folder that holds other files or another study's report.",
+    ),
+]
 StorageOption = Annotated[
     str | None,
     typer.Option(
@@ -41,6 +48,7 @@ def run(
     store: StoreOption = None,
     fresh: FreshOption = False,
     storage: StorageOption = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Run a recipe as a study: one parent MLflow run, one child run per training or trial.
 
@@ -55,7 +63,13 @@ def run(
     if storage is not None and not options:
         typer.echo(f"note: --storage is for search recipes; {recipe} is a {loaded.kind} recipe")
     result = run_recipe(
-        resolve_store(store), loaded, out_dir=out, fresh=fresh, echo=typer.echo, **options
+        resolve_store(store),
+        loaded,
+        out_dir=out,
+        fresh=fresh,
+        overwrite=overwrite,
+        echo=typer.echo,
+        **options,
     )
     typer.echo(result.report())
     if result.failed:
@@ -71,6 +85,7 @@ def search(
     ] = None,
     out: OutOption = None,
     store: StoreOption = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Run trials of a search recipe; start it in several processes or machines to share a study.
 
@@ -89,6 +104,12 @@ def search(
             f"run it with `seglab run {recipe}`",
         )
     result = run_recipe(
-        resolve_store(store), loaded, out_dir=out, echo=typer.echo, storage=storage, trials=trials
+        resolve_store(store),
+        loaded,
+        out_dir=out,
+        overwrite=overwrite,
+        echo=typer.echo,
+        storage=storage,
+        trials=trials,
     )
     typer.echo(result.report())

@@ -43,6 +43,12 @@ def train(
         bool,
         typer.Option("--trust", help="Allow a bundle from outside seglab's bundles/ folder."),
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace OUTPUT's earlier training (without --resume) if any."
+        ),
+    ] = False,
 ) -> None:
     """Train BUNDLE on DATA; every run lands in MLflow with its model and final evaluation."""
     from seglab.workflows.training import parse_overrides, train_bundle
@@ -59,6 +65,7 @@ def train(
         store_dir=store,
         output_dir=output,
         trust=trust,
+        overwrite=overwrite,
     )
     typer.echo(f"run {outcome.run_id}: model {outcome.model_id}")
     for key, value in sorted(outcome.metrics.items()):

@@ -195,7 +195,13 @@ class Dataset:
         try:
             return self.colour_table.decode(rgb)
         except SeglabError as err:
-            raise DataFileError(f"label {path}: {err.problem}", err.fix) from err
+            fix = err.fix
+            if "not in the class table" in err.problem:
+                fix = (
+                    f"check the label's colours against {self.root / CLASSES_FILE} and correct "
+                    "them, or add the missing classes there"
+                )
+            raise DataFileError(f"label {path}: {err.problem}", fix) from err
 
 
 @dataclass(frozen=True)
@@ -335,6 +341,69 @@ def scan_dataset(root: str | os.PathLike[str], *, require_labels: bool = True) -
             "add classes.json (a colour table, see ColourTable.save) or save labels as index maps",
         )
     return Dataset(root=root, samples=tuple(samples), colour_table=table)
+
+
+def check_samples(
+    dataset: Dataset, *, channels: int | None = None, require_foreground: bool = False
+) -> None:
+    """Read every sample of a scanned dataset and refuse what a training or evaluation cannot use.
+
+    :func:`scan_dataset` reads headers only; this reads the pixels too, so that a bad file is
+    reported before a training or an evaluation starts rather than deep inside it. A dataset
+    without samples passes.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        From :func:`scan_dataset`.
+    channels : int, optional
+        Channels every image must have (3 for RGB; 1 for grey images and stacks), checked from
+        the headers before any pixel is read.
+    require_foreground : bool
+        Whether at least one label must hold a class other than 0 (background).
+
+    Raises
+    ------
+    DataFileError
+        Images with another channel count (the message lists them with their counts), an
+        unreadable or corrupt file, NaN or infinite pixels, colour labels with colours missing
+        from ``classes.json``, a label or contour whose shape differs from its image, or (with
+        ``require_foreground``) labels that are all background (the message lists them).
+    """
+    if channels is not None:
+        wrong = [
+            f"{s.image.name} has {_channel_count(s.image_info)}"
+            for s in dataset.samples
+            if _channel_count(s.image_info) != channels
+        ]
+        if wrong:
+            kind = {1: " (grey)", 3: " (RGB)", 4: " (RGBA)"}.get(channels, "")
+            raise DataFileError(
+                f"{len(wrong)} image(s) in {dataset.root / IMAGES_DIR} do not have the "
+                f"{channels} channel(s){kind} the model takes: {_few(wrong)}",
+                f"convert them to {channels}-channel{kind} images, or remove them from the dataset",
+            )
+    empty = []
+    for sample in dataset.samples:
+        loaded = dataset.load(sample)
+        if loaded.label is not None and not np.any(loaded.label):
+            empty.append(sample.label.name if sample.label is not None else sample.name)
+    labelled = [s for s in dataset.samples if s.label is not None]
+    if require_foreground and labelled and len(empty) == len(labelled):
+        fix = (
+            f"check the label colours against {dataset.root / CLASSES_FILE}"
+            if dataset.colour_table is not None
+            else "check that the labels mark objects with values above 0"
+        )
+        raise DataFileError(
+            f"every label in {dataset.root / LABELS_DIR} is all background (class 0), so there "
+            f"is nothing to learn: {_few(empty)}",
+            fix,
+        )
+
+
+def _channel_count(info: ImageInfo) -> int:
+    return int(info.shape[-1]) if info.axes.endswith("C") else 1
 
 
 def _list_images(root: Path, folder: str, *, required: bool) -> dict[str, Path]:

@@ -36,8 +36,9 @@ NIfTI stores axes in the order (x, y, z[, c]) with x varying fastest; seglab arr
 (z, y, x[, c]). Readers and writers transpose between the two, so ``write_image`` then
 ``read_image`` returns the same array. A 2D colour image is stored as (x, y, 1, c).
 
-Errors: a missing file, an unsupported suffix, a truncated or corrupt file, an empty image or a
-layout seglab cannot use raise :class:`~seglab.errors.DataFileError` with a one-line message;
+Errors: a missing file, an unsupported suffix, a truncated or corrupt file, an empty image, a
+layout seglab cannot use or (from :func:`read_image`) NaN or infinite pixel values raise
+:class:`~seglab.errors.DataFileError` with a one-line message;
 bad arguments raise :class:`~seglab.errors.SeglabError`. Files are written atomically.
 """
 
@@ -302,21 +303,25 @@ def read_image(path: str | os.PathLike[str]) -> Image:
     ------
     DataFileError
         Missing file, unsupported suffix, truncated or corrupt file, empty image (0 pages or a
-        zero-length axis), 16-bit colour PNG, or more than one axis besides Y, X and channels.
+        zero-length axis), 16-bit colour PNG, more than one axis besides Y, X and channels, or
+        NaN or infinite pixel values (the message counts them and gives the first one's index).
     """
     path, fmt = _existing_image(path)
     with _file_errors(path):
         if fmt == "png":
-            return _read_png(path)
-        if fmt == "nifti":
-            return _read_nifti(path)
-        with _tiff(path) as (tif, problems):
-            info, layout = _tiff_info(tif, path)
-            _raise_logged(path, problems)
-            data = tif.series[0].asarray()
-            _raise_logged(path, problems)
-        array = layout.apply(data)
-        return Image(array=array, spacing=info.spacing, path=path, axes=info.axes)
+            image = _read_png(path)
+        elif fmt == "nifti":
+            image = _read_nifti(path)
+        else:
+            with _tiff(path) as (tif, problems):
+                info, layout = _tiff_info(tif, path)
+                _raise_logged(path, problems)
+                data = tif.series[0].asarray()
+                _raise_logged(path, problems)
+            array = layout.apply(data)
+            image = Image(array=array, spacing=info.spacing, path=path, axes=info.axes)
+    _check_finite(path, image.array, image.axes)
+    return image
 
 
 def read_stack_memmap(path: str | os.PathLike[str]) -> Image:
@@ -524,6 +529,23 @@ def _check_spacing(spacing: Sequence[float] | None, axes: str) -> tuple[float, .
             "give pixel sizes in um, e.g. (0.5, 0.1, 0.1)",
         )
     return values
+
+
+def _check_finite(path: Path, array: np.ndarray, axes: str) -> None:
+    """Refuse float pixels that are NaN or infinite: no seglab computation has a use for them."""
+    if array.dtype.kind not in "fc":
+        return
+    finite = np.isfinite(array)
+    if finite.all():
+        return
+    bad = int(finite.size - np.count_nonzero(finite))
+    nan = int(np.count_nonzero(np.isnan(array)))
+    first = tuple(int(i) for i in np.unravel_index(int(np.argmin(finite)), array.shape))
+    raise DataFileError(
+        f"{path} has {bad} NaN or infinite pixel value(s) ({nan} NaN, {bad - nan} infinite; "
+        f"the first at {axes} index {first})",
+        "replace them with finite values (e.g. 0 or the background level) and save the image again",
+    )
 
 
 @contextlib.contextmanager

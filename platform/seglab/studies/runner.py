@@ -334,7 +334,7 @@ def check_config_ids(recipe: Recipe, extra: Sequence[str] = ()) -> Path:
     """
     from monai.bundle import ConfigParser
 
-    from seglab.workflows.training import resolve_bundle
+    from seglab.workflows.training import check_overrides, resolve_bundle
 
     root = resolve_bundle(recipe.bundle)
     parser = ConfigParser()
@@ -348,6 +348,14 @@ def check_config_ids(recipe: Recipe, extra: Sequence[str] = ()) -> Path:
             "does not have",
             f"see {root / 'configs'} for its ids (nested ids use #)",
         )
+    # the values the recipe states (search spaces are sampled later): types and obvious ranges
+    where = f"recipe {recipe.path}" if recipe.path is not None else "recipe"
+    check_overrides(parser, recipe.overrides, root.name, where)
+    for key, values in getattr(recipe, "grid", {}).items():
+        for value in values:
+            check_overrides(parser, {key: value}, root.name, f"{where}, grid")
+    for arm in getattr(recipe, "arms", []):
+        check_overrides(parser, arm.overrides, root.name, f"{where}, arm {arm.name}")
     return root
 
 
@@ -376,6 +384,7 @@ def train_child(
         store_dir=study.store.local_dir,
         output_dir=output_root / child.slug,
         quiet=True,
+        overwrite=True,  # the study's own folder: an interrupted attempt of this child
     )
     if outcome.run_id is None:
         raise SeglabError(

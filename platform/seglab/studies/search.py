@@ -261,5 +261,6 @@ def _train_best(
         store_dir=parent.store.local_dir,
         output_dir=output_root / "best",
         quiet=True,
+        overwrite=True,  # the study's own folder: an earlier attempt at the best parameters
     )
     return {**best, "final_run_id": outcome.run_id, "registered": outcome.registered}

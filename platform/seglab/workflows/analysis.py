@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from seglab.errors import SeglabError
 from seglab.io.atomic import atomic_directory
-from seglab.io.dataset import Dataset, Sample, file_sha256, scan_dataset
+from seglab.io.dataset import Dataset, Sample, check_samples, file_sha256, scan_dataset
 from seglab.io.images import read_image, write_image
 from seglab.metrics import probability_to_uint8
 from seglab.workflows._outputs import progress
@@ -121,10 +121,20 @@ def model_input(model: BundleModel, image: np.ndarray, axes: str) -> tuple[np.nd
 
 
 def _predict(
-    model: BundleModel, image: np.ndarray, axes: str, tta: str, precision: str = "float32"
+    model: BundleModel,
+    image: np.ndarray,
+    axes: str,
+    tta: str,
+    precision: str = "float32",
+    source: Path | None = None,
 ) -> np.ndarray:
-    """Probabilities ``(K, H, W)`` or ``(K, Z, H, W)``."""
-    array, is_stack = model_input(model, image, axes)
+    """Probabilities ``(K, H, W)`` or ``(K, Z, H, W)``; errors name ``source``, the image file."""
+    try:
+        array, is_stack = model_input(model, image, axes)
+    except SeglabError as err:
+        if source is None:
+            raise
+        raise SeglabError(f"{source}: {err.problem}", err.fix) from err
     probabilities = model.probabilities(array, stack=is_stack, tta=tta, precision=precision)
     return np.moveaxis(probabilities, 1, 0) if is_stack else probabilities
 
@@ -141,7 +151,7 @@ def _samples(
                 f"sample {sample.name} of {dataset.root} has no label",
                 "evaluation needs a labels/ file for every image",
             )
-        probabilities = _predict(model, loaded.image, loaded.axes, tta, precision)
+        probabilities = _predict(model, loaded.image, loaded.axes, tta, precision, sample.image)
         if settings.kind == "binary":
             object_map = model.object_probability(probabilities)
             if object_map.ndim == 3 and loaded.label.ndim == 2:
@@ -189,6 +199,8 @@ def evaluate_model(
     chosen = [s for s in dataset.samples if names is None or s.name in set(names)]
     if not chosen:
         raise SeglabError(f"no samples to evaluate in {dataset.root}", "check --data")
+    # every file's problem (channels, pixels, label colours) now, before minutes of inference
+    check_samples(replace(dataset, samples=tuple(chosen)), channels=settings.in_channels)
     samples = _samples(model, dataset, chosen, tta, precision)
     if settings.kind == "binary":
         result = evaluate_binary(samples, out_dir, title=title)
@@ -271,7 +283,7 @@ def segment(
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         for path in progress(inputs, "segmenting"):
             image = read_image(path)
-            probs = _predict(model, image.array, image.axes, tta, precision)
+            probs = _predict(model, image.array, image.axes, tta, precision, path)
             name = _stem(path)
             labels = model.labels(probs)
             stack = labels.ndim == 3

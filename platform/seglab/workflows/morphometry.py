@@ -195,14 +195,30 @@ def _stack(source: ArrayOrPath, name: str, *, memmap: bool = False) -> Image:
                 raise
             if "memory-mapped" not in str(err) and "not a TIFF" not in str(err):
                 raise
+    mapped = image is not None
     if image is None:
-        image = read_image(source)
+        image = read_image(source)  # refuses NaN and infinite pixels itself
     if image.axes != "ZYX":
         raise DataFileError(
             f"{source} holds {image.axes} data of shape {image.shape}, not a (Z, Y, X) stack",
             f"give a single-channel z-stack as {name}",
         )
+    if mapped and image.array.dtype.kind == "f":
+        _check_finite_slabs(image.array, source)
     return image
+
+
+def _check_finite_slabs(stack: np.ndarray, source: ArrayOrPath) -> None:
+    """Refuse a float stack with NaN or infinite voxels, reading a memory map slab by slab."""
+    for start in range(0, stack.shape[0], SPLIT_SLAB):
+        finite = np.isfinite(np.asarray(stack[start : start + SPLIT_SLAB]))
+        _drop_resident_pages(stack)
+        if not finite.all():
+            first = start + int(np.argmin(finite.reshape(finite.shape[0], -1).all(axis=1)))
+            raise DataFileError(
+                f"{source} has NaN or infinite voxel values (the first in slice {first})",
+                "replace them with finite grey levels (e.g. 0) and save the stack again",
+            )
 
 
 def _same_shape(shape: tuple[int, ...], other: tuple[int, ...], what: str) -> None:

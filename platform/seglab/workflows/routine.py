@@ -96,17 +96,18 @@ def evaluate_registered(
     }
     model_id = model_id_of(version)
     tags = {"seglab.model": f"{name}/{number}", "seglab.model_id": model_id or ""}
+    # evaluate first: bad data is refused before a run is recorded
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        evaluation = evaluate_model(
+            model,
+            data,
+            tmp,
+            tta=tta,
+            precision=precision,
+            title=f"{name} version {number} on {Path(data).name}",
+        )
+    final = Path(out_dir)
     with tracked_run(store, EVALUATION_EXPERIMENT, f"eval-{name}", params=params, tags=tags) as run:
-        with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-            evaluation = evaluate_model(
-                model,
-                data,
-                tmp,
-                tta=tta,
-                precision=precision,
-                title=f"{name} version {number} on {Path(data).name}",
-            )
-        final = Path(out_dir)
         run.client.log_artifacts(run.run_id, str(final), "evaluation")
         now = int(time.time() * 1000)
         metrics = [

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -25,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seglab.errors import SeglabError
+from seglab.errors import OutputExistsError, SeglabError
 from seglab.io.dataset import scan_dataset
+from seglab.logs import progress_bars_enabled, quieten_consoles, reattach
 from seglab.models.publish import (
     LoggedBundleModel,
     log_model,
@@ -42,6 +45,7 @@ from seglab.workflows.analysis import ModelEvaluation, evaluate_model
 __all__ = [
     "ModelPublisher",
     "TrainingOutcome",
+    "check_overrides",
     "parse_overrides",
     "resolve_bundle",
     "train_bundle",
@@ -236,9 +240,10 @@ def _evaluation_record(evaluation: ModelEvaluation, run_id: str) -> Evaluation:
 
 
 def load_logged_model(logged: LoggedBundleModel | None, store: TrackingStore) -> Any:
-    """Load a just-logged model back through MLflow's pyfunc loader (as ``evaluate`` does)."""
-    import mlflow.pyfunc
+    """Load a just-logged model back from the store (as ``evaluate`` does)."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    from seglab.models.pyfunc import load_downloaded_model
 
     if logged is None:
         raise SeglabError("no model was logged", "train first")
@@ -246,7 +251,7 @@ def load_logged_model(logged: LoggedBundleModel | None, store: TrackingStore) ->
     quiet_artifact_progress()
     with artifact_access(store):
         get_artifact_repository(logged.artifact_location).download_artifacts("", folder)
-    return mlflow.pyfunc.load_model(folder).unwrap_python_model()
+    return load_downloaded_model(folder)
 
 
 # -- seglab train -------------------------------------------------------------------------------
@@ -261,20 +266,40 @@ class TrainingOutcome:
     output_dir: Path
 
 
-def resolve_bundle(bundle: str | os.PathLike[str], trust: bool = False) -> Path:
-    """Find a bundle folder: a path, or the name of one of the repository's bundles.
+def _known_bundles() -> list[str]:
+    """Names of seglab's own bundles (folders of ``bundles/`` with ``configs/train.json``)."""
+    if not REPO_BUNDLES.is_dir():
+        return []
+    return sorted(
+        p.name for p in REPO_BUNDLES.iterdir() if (p / "configs" / "train.json").is_file()
+    )
 
-    A bundle outside the repository's ``bundles/`` is refused unless ``trust`` is set: bundle
-    configs are code (``_target_`` and ``$`` expressions run at load).
+
+def resolve_bundle(bundle: str | os.PathLike[str], trust: bool = False) -> Path:
+    """Find a bundle folder: the name of one of seglab's bundles, or a path.
+
+    A plain name (``lung``, ``mito``) is always one of seglab's own bundles, even when the
+    current folder holds a folder of that name; any other bundle is given as a path (with a
+    ``/``, e.g. ``./lung``), or as the name of a bundle folder (one with ``configs/train.json``)
+    in the current folder. A bundle outside seglab's ``bundles/`` is refused unless ``trust``
+    is set: bundle configs are code (``_target_`` and ``$`` expressions run at load).
     """
+    text = str(bundle)
+    known = _known_bundles()
     path = Path(bundle)
-    if not path.is_dir() and (REPO_BUNDLES / str(bundle)).is_dir():
-        path = REPO_BUNDLES / str(bundle)
-    if not (path / "configs" / "train.json").is_file():
-        known = sorted(p.name for p in REPO_BUNDLES.iterdir()) if REPO_BUNDLES.is_dir() else []
+    is_bundle = (path / "configs" / "train.json").is_file()
+    if "/" not in text and os.sep not in text and text in known:
+        path = REPO_BUNDLES / text
+    elif not is_bundle:
+        choices = ", ".join(known) or "none found"
+        if "/" in text or os.sep in text or path.exists():
+            raise SeglabError(
+                f"{text} is not a bundle folder (it has no configs/train.json)",
+                f"give a bundle folder, or the name of one of seglab's bundles: {choices}",
+            )
         raise SeglabError(
-            f"{bundle} is not a bundle (no configs/train.json)",
-            f"give a bundle folder or one of: {', '.join(known) or 'none found'}",
+            f"unknown bundle {text!r}",
+            f"use one of seglab's bundles ({choices}), or give a bundle folder as a path",
         )
     path = path.resolve()
     if not trust and REPO_BUNDLES.resolve() not in path.parents:
@@ -289,7 +314,9 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """Parse ``key=value`` overrides; values are JSON when they parse, else strings.
 
     ``epochs=3`` gives 3, ``class_weights=[1,2]`` a list, ``network_name=segnet`` a string;
-    nested ids use ``#`` (``network_options#unet#channels=[8,16]``).
+    nested ids use ``#`` (``network_options#unet#channels=[8,16]``). A value that starts like
+    a JSON list, object or quoted text (``[``, ``{``, ``"``) must be valid JSON. Whether the ids
+    exist and the values fit is checked against the bundle by :func:`check_overrides`.
     """
     parsed: dict[str, Any] = {}
     for item in items:
@@ -299,10 +326,132 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
             raise SeglabError(f"override {item!r} is not key=value", "write e.g. --set epochs=5")
         try:
             value = json.loads(raw)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as err:
+            if raw.strip().startswith(("[", "{", '"')):
+                raise SeglabError(
+                    f"override {item!r}: the value {raw!r} is not valid JSON ({err.msg} at "
+                    f"character {err.pos + 1})",
+                    f'write lists as {key}=[8,16], objects as {key}={{"a":1}}, and text '
+                    "without brackets or quotes",
+                ) from err
             value = raw
         parsed[key] = value
     return parsed
+
+
+#: Obvious ranges of common numeric config ids, as (test, what the test says).
+_OVERRIDE_RANGES: dict[str, tuple[Any, str]] = {
+    **{
+        key: (lambda v: v >= 1, "at least 1")
+        for key in (
+            "epochs",
+            "batch_size",
+            "num_samples",
+            "val_interval",
+            "tile_batch_size",
+            "iterations_per_epoch",
+            "num_slices",
+            "patch_size",
+        )
+    },
+    **{key: (lambda v: v >= 0, "at least 0") for key in ("num_workers", "seed", "momentum")},
+    "learning_rate": (lambda v: v > 0, "greater than 0"),
+    "val_fraction": (lambda v: 0 <= v < 1, "at least 0 and less than 1"),
+    "cache_rate": (lambda v: 0 <= v <= 1, "between 0 and 1"),
+}
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
+
+
+def _fits(default: Any, value: Any) -> bool:
+    """Whether ``value`` has the JSON type of a config's literal ``default``."""
+    if default is None or isinstance(default, str) and default.startswith(("@", "$", "%")):
+        return True  # no default, or a reference or expression: any value may be meant
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, list | tuple):
+        return isinstance(value, list | tuple)
+    if isinstance(default, Mapping):
+        return isinstance(value, Mapping)
+    return True
+
+
+def check_overrides(
+    config: Any, overrides: Mapping[str, Any], bundle: str = "", where: str = ""
+) -> None:
+    """Check config overrides against a bundle's configs before anything runs.
+
+    Parameters
+    ----------
+    config : monai.bundle.ConfigParser
+        The bundle's configs as read (``common.json``, ``train.json``, ...), before overrides.
+    overrides : mapping
+        Config id -> value (nested ids use ``#``).
+    bundle : str
+        The bundle's name, for messages.
+    where : str
+        Where the overrides come from (e.g. a recipe file), for messages.
+
+    Raises
+    ------
+    SeglabError
+        One line naming the id: unknown to the bundle (``unknown config id``), a value of
+        another JSON type than the bundle's literal default (a number for a number, text for
+        text, a list for a list; ids whose default is null or an ``@``/``$`` expression take any
+        value), or a number out of the obvious range of a common id (``epochs`` >= 1,
+        ``learning_rate`` > 0, ``val_fraction`` in [0, 1), ...).
+    """
+    source = f" ({where})" if where else ""
+    name = f" {bundle}" if bundle else ""
+    unknown = [key for key in overrides if key not in config]
+    if unknown:
+        raise SeglabError(
+            f"unknown config id(s) {', '.join(unknown)} in bundle{name}{source}",
+            "check the spelling; the ids are the keys of the bundle's configs/common.json and "
+            "configs/train.json (nested ids use #, e.g. network_options#unet#channels)",
+        )
+    for key, value in overrides.items():
+        default = config[key]
+        shown = json.dumps(value, default=str)
+        literal = json.dumps(default, default=str)
+        example = f"{key}: {literal} in the recipe" if where else f"--set {key}={literal}"
+        if not _fits(default, value):
+            raise SeglabError(
+                f"config id {key}{source} takes {_json_kind(default)} (bundle{name}'s default: "
+                f"{json.dumps(default, default=str)}), got {_json_kind(value)} {shown}",
+                f"give it as JSON like the default, e.g. {example}",
+            )
+        bounds = _OVERRIDE_RANGES.get(key)
+        if bounds is None or not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        test, allowed = bounds
+        if not (math.isfinite(value) and test(value)):
+            raise SeglabError(
+                f"config id {key}{source} must be {allowed}, got {shown}",
+                f"give e.g. {example}",
+            )
 
 
 def train_bundle(
@@ -317,6 +466,7 @@ def train_bundle(
     trust: bool = False,
     extra_configs: Sequence[str] = (),
     quiet: bool = False,
+    overwrite: bool = False,
 ) -> TrainingOutcome:
     """Train a bundle with MONAI's ``ConfigWorkflow`` (as ``python -m monai.bundle run`` does).
 
@@ -343,10 +493,23 @@ def train_bundle(
     quiet : bool
         Show only warnings and errors of the engine's console log (the bundle's
         ``logging.conf`` prints every iteration), e.g. for the many trainings of a study.
+    overwrite : bool
+        Whether an output folder that exists and is not empty may be emptied for a new
+        training; without it such a folder is refused, unless the overrides resume from it
+        (``resume``).
 
     Returns
     -------
     TrainingOutcome
+
+    Raises
+    ------
+    SeglabError
+        Before anything is written or trained: an unknown bundle, override id or override
+        value (:func:`check_overrides`), a dataset a training cannot use (headers, channel
+        count, pixels, label colours, all-background labels; see
+        :func:`seglab.io.dataset.check_samples`), unreadable initial weights, or an output
+        folder that cannot be written or holds an earlier training (see ``overwrite``).
     """
     from monai.bundle import ConfigParser, ConfigWorkflow
 
@@ -365,15 +528,14 @@ def train_bundle(
     if eval_data is not None:
         scan_dataset(eval_data)
         settings["eval_dataset_dir"] = str(Path(eval_data))
+    if quiet or not progress_bars_enabled():
+        settings["show_progress"] = False
+        quieten_consoles()  # MONAI's module loggers print to stdout as the workflow is built
     user = dict(overrides or {})
     plain = ConfigParser()
     plain.read_config(configs)
-    unknown = [key for key in user if key not in plain]
-    if unknown:
-        raise SeglabError(
-            f"unknown config id(s) {', '.join(unknown)} in bundle {root.name}",
-            f"see {root / 'configs'} for the ids a bundle has (nested ids use #)",
-        )
+    check_overrides(plain, user, root.name)
+    _check_training_inputs(configs, settings | user, overwrite=overwrite)
     workflow = ConfigWorkflow(
         config_file=configs,
         meta_file=str(root / "configs" / "metadata.json"),
@@ -382,9 +544,13 @@ def train_bundle(
         **(settings | user),
     )
     workflow.initialize()
-    if quiet:  # after initialize(), which applies logging.conf to the root logger
-        for handler in logging.getLogger().handlers:
-            handler.setLevel(logging.WARNING)
+    # initialize() applies the bundle's logging.conf to the root logger, dropping its handlers:
+    # put the command log's file handler back; under --quiet silence the consoles
+    reattach()
+    if quiet or not progress_bars_enabled():
+        workflow.trainer  # noqa: B018 - builds the trainer and its handlers' loggers now
+        quieten_consoles()
+    _fail_dead_runs(workflow.parser)
     try:
         workflow.run()
     except RuntimeError as err:
@@ -397,6 +563,111 @@ def train_bundle(
     finally:
         workflow.finalize()
     return _outcome(workflow, root)
+
+
+def _fail_dead_runs(parser: Any) -> None:
+    """Mark the runs of the bundle's experiment whose process died FAILED, before training.
+
+    The bundle's :class:`~seglab.tracking.handlers.RunLogger` does it too when it opens its run,
+    but a training that fails before that (bad data, an unreadable checkpoint) would otherwise
+    leave a killed training's run RUNNING. Bundles without the ``tracking_enabled``,
+    ``mlflow_store`` and ``experiment_name`` ids are left alone.
+    """
+    from seglab.flags import as_bool
+    from seglab.tracking.store import fail_dead_runs, resolve_store
+
+    ids = ("tracking_enabled", "mlflow_store", "experiment_name")
+    if any(key not in parser for key in ids):
+        return
+    if not as_bool(parser.get_parsed_content("tracking_enabled"), "tracking_enabled"):
+        return
+    store = resolve_store(parser.get_parsed_content("mlflow_store"))
+    name = str(parser.get_parsed_content("experiment_name"))
+    experiment = store.client().get_experiment_by_name(name)
+    if experiment is None:
+        return
+    failed = fail_dead_runs(store, [experiment.experiment_id])
+    if failed:
+        logging.getLogger(__name__).warning(
+            "marked %d run(s) of experiment %s FAILED, their process died: %s",
+            len(failed),
+            name,
+            ", ".join(failed),
+        )
+
+
+def _check_training_inputs(
+    configs: Sequence[str], values: Mapping[str, Any], *, overwrite: bool
+) -> None:
+    """Refuse bad data, initial weights or output folder before anything is created.
+
+    ``values`` are the config ids train_bundle sets (settings and the user's overrides).
+    """
+    from monai.bundle import ConfigParser
+
+    from seglab.bundle.checkpoint import load_weights
+    from seglab.flags import as_bool
+    from seglab.io.dataset import check_samples
+
+    config = ConfigParser()
+    config.read_config(list(configs))
+    for key, value in values.items():
+        config[key] = value
+    channels = None
+    if "publisher#in_channels" in config:  # channels of one image, before 2.5D stacking
+        found = config.get_parsed_content("publisher#in_channels")
+        channels = found if isinstance(found, int) and not isinstance(found, bool) else None
+    check_samples(scan_dataset(values["dataset_dir"]), channels=channels, require_foreground=True)
+    if values.get("eval_dataset_dir"):
+        check_samples(scan_dataset(values["eval_dataset_dir"]), channels=channels)
+    weights = config.get("initial_weights")
+    if isinstance(weights, str) and weights and not weights.startswith(("$", "@", "%")):
+        load_weights(
+            weights,
+            "initial weights",
+            "pass a state_dict saved with torch.save, e.g. a checkpoint's model.pt",
+        )
+    resume = "resume" in config and as_bool(config.get_parsed_content("resume"), "resume")
+    _check_output_folder(Path(str(values["output_dir"])), resume=resume, overwrite=overwrite)
+
+
+def _check_output_folder(folder: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse an output folder that cannot be written or holds another training's files.
+
+    With ``overwrite`` (and no ``resume``) an existing folder's contents are removed here, the
+    last check before the training starts.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise SeglabError(
+            f"output {folder} exists and is not a folder", "choose another --output folder"
+        )
+    existing = folder if folder.is_dir() else next(p for p in folder.parents if p.exists())
+    if not existing.is_dir():
+        raise SeglabError(
+            f"cannot create output folder {folder}: {existing} is not a folder",
+            "choose another --output folder",
+        )
+    try:  # os.access says yes to root on read-only and virtual filesystems (/proc, /sys)
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
+        raise SeglabError(
+            f"cannot write the output folder {folder}"
+            + (f" (in {existing})" if existing != folder else "")
+            + f": {err.strerror or err}",
+            "choose a location you can write to (--output)",
+        ) from err
+    if folder.is_dir() and any(folder.iterdir()) and not resume:
+        if not overwrite:
+            raise OutputExistsError(
+                f"output folder {folder} already exists and is not empty (an earlier training)",
+                "pass --resume to continue that training, --overwrite to replace it, or "
+                "choose another --output folder",
+            )
+        for entry in folder.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
 
 def _seglab_cause(error: BaseException) -> SeglabError | None:
