@@ -17,6 +17,7 @@ from monai.transforms import Compose, RandFlipd, RandGaussianNoised
 
 from seglab.bundle.checkpoint import (
     CHECKPOINT_FORMAT,
+    BestModelState,
     EpochCheckpoint,
     EpochSeeder,
     ResumeFromCheckpoint,
@@ -32,7 +33,12 @@ CONFIGS = REPO / "bundles" / "lung" / "configs"
 
 
 def tiny_trainer(
-    out: Path, epochs: int, resume: bool | str = False, init_seed: int = 0, seeded: bool = True
+    out: Path,
+    epochs: int,
+    resume: bool | str = False,
+    init_seed: int = 0,
+    seeded: bool = True,
+    restore: dict | None = None,
 ) -> SupervisedTrainer:
     torch.manual_seed(123)  # the same data in every call
     data = [{"image": torch.rand(1, 8, 8), "label": torch.rand(2, 8, 8)} for _ in range(6)]
@@ -46,7 +52,7 @@ def tiny_trainer(
     optimizer = torch.optim.SGD(network.parameters(), lr=0.1, momentum=0.9)
     objects = {"model": network, "optimizer": optimizer}
     handlers = [
-        ResumeFromCheckpoint(out / "checkpoint.pt", objects, enabled=resume),
+        ResumeFromCheckpoint(out / "checkpoint.pt", objects | (restore or {}), enabled=resume),
         EpochCheckpoint(out, objects),
     ]
     if seeded:
@@ -261,6 +267,85 @@ def test_bad_arguments_are_refused(make, match):
 
 
 # ---------------------------------------------------------------------------------------------
+# The best-model bookkeeping of MONAI's CheckpointSaver survives a resume.
+
+
+def validated_saver(out: Path, network: torch.nn.Module):
+    """An evaluator whose ``val`` metric is what ``scores`` says, and its key-metric saver."""
+    from ignite.engine import Engine
+    from monai.handlers import CheckpointSaver
+
+    scores: list[float] = []
+
+    def step(engine, batch):
+        return None
+
+    evaluator = Engine(step)
+
+    @evaluator.on(Events.EPOCH_COMPLETED)
+    def metric(engine):
+        engine.state.metrics["val"] = scores.pop(0)
+        network.weight.data.fill_(engine.state.metrics["val"])  # the weights show the score
+
+    saver = CheckpointSaver(
+        str(out), {"model": network}, save_key_metric=True, key_metric_filename="model.pt"
+    )
+    evaluator.state.key_metric_name = "val"  # what MONAI's evaluators set
+    saver.attach(evaluator)
+
+    def validate(score: float) -> None:
+        scores.append(score)
+        evaluator.run([0], max_epochs=1)
+
+    return saver, validate
+
+
+def best_weight(out: Path) -> float:
+    return float(load(out / "model.pt")["weight"].flatten()[0])
+
+
+def test_the_best_model_survives_a_resume_only_with_its_state(tmp_path):
+    first, validate = validated_saver(tmp_path, torch.nn.Conv2d(1, 1, 1))
+    validate(0.9)
+    validate(0.5)
+    assert best_weight(tmp_path) == pytest.approx(0.9)
+    state = BestModelState(first).state_dict()
+    torch.save({"best_model": state}, tmp_path / "state.pt")  # through weights_only loading
+    saved = load(tmp_path / "state.pt")["best_model"]
+    assert [score for score, _ in saved["_saved"]] == [pytest.approx(0.9)]
+
+    resumed, validate = validated_saver(tmp_path, torch.nn.Conv2d(1, 1, 1))
+    BestModelState(resumed).load_state_dict(saved)
+    validate(0.6)  # worse than the best before the interruption: model.pt stays
+    assert best_weight(tmp_path) == pytest.approx(0.9)
+    validate(0.95)
+    assert best_weight(tmp_path) == pytest.approx(0.95)
+
+    forgetful, validate = validated_saver(tmp_path, torch.nn.Conv2d(1, 1, 1))
+    validate(0.6)  # without the state, a worse score replaces the best model
+    assert best_weight(tmp_path) == pytest.approx(0.6)
+
+
+def test_an_empty_best_model_state_changes_nothing_and_a_non_saver_is_refused(tmp_path):
+    saver, _ = validated_saver(tmp_path, torch.nn.Conv2d(1, 1, 1))
+    assert BestModelState(saver).state_dict() == {"_saved": []}
+    BestModelState(saver).load_state_dict({})
+    with pytest.raises(SeglabError, match="needs a MONAI CheckpointSaver"):
+        BestModelState(object())
+
+
+def test_a_checkpoint_without_best_model_state_resumes_with_a_warning(tmp_path, caplog):
+    tiny_trainer(tmp_path, epochs=1).run()  # its checkpoint has no best_model entry
+    saver, _ = validated_saver(tmp_path / "best", torch.nn.Conv2d(1, 1, 1))
+    best = {"best_model": BestModelState(saver)}
+    trainer = tiny_trainer(tmp_path, epochs=2, resume=True, restore=best)
+    with caplog.at_level(logging.WARNING, logger="seglab.bundle.checkpoint"):
+        trainer.run()
+    assert "holds no best-model state" in caplog.text
+    assert load(tmp_path / "checkpoint.pt")["epoch"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
 # The lung bundle killed with SIGKILL in epoch 2, then resumed, ends with the same weights.
 
 TINY_UNET = [
@@ -345,3 +430,6 @@ def test_a_killed_and_resumed_bundle_training_equals_an_uninterrupted_one(lung_d
     assert got["trainer"] == expected["trainer"]
     assert_same_tensors(got["model"], expected["model"])
     assert got["optimizer"] == expected["optimizer"]
+    # the best-model bookkeeping resumed too: the same best score and the same model.pt
+    assert got["best_model"] == expected["best_model"] and got["best_model"]["_saved"]
+    assert_same_tensors(load(split_dir / "model.pt"), load(whole_dir / "model.pt"))

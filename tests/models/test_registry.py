@@ -196,3 +196,20 @@ def test_a_champion_whose_files_vanished_is_a_one_line_error_that_suggests_rollb
         assert "\n" not in str(caught.value)
         with pytest.raises(SeglabError, match=expected):
             load_model(store, uri)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("", "is not valid"),
+        ("lung unet", "is not valid"),
+        ("lung/unet", "is not valid"),
+        ("seglab.lock.lung", "keeps for its registry locks"),
+    ],
+)
+def test_model_names_are_checked(name, message):
+    from seglab.models.publish import check_model_name
+
+    with pytest.raises(SeglabError, match=message):
+        check_model_name(name)
+    assert check_model_name("lung-unet_2.b") == "lung-unet_2.b"

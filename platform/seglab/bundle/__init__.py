@@ -13,6 +13,7 @@ Bundle configs (``bundles/<name>/configs/*.json``) refer to these by dotted path
 
 from seglab.bundle.acceleration import NetworkRunner, compile_training
 from seglab.bundle.checkpoint import (
+    BestModelState,
     EpochCheckpoint,
     EpochSeeder,
     InitialWeights,
@@ -31,6 +32,7 @@ from seglab.bundle.throughput import TrainingThroughput
 from seglab.bundle.writers import LabelMapWriter
 
 __all__ = [
+    "BestModelState",
     "EpochCheckpoint",
     "EpochSeeder",
     "InitialWeights",

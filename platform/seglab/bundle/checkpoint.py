@@ -33,6 +33,7 @@ from seglab.io.atomic import atomic_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "BestModelState",
     "EpochCheckpoint",
     "EpochSeeder",
     "InitialWeights",
@@ -170,6 +171,43 @@ class EpochCheckpoint:
         _fsync_folder(self.path.parent)  # the rename itself survives a power cut
 
 
+class BestModelState:
+    """The best-model bookkeeping of a MONAI ``CheckpointSaver``, saved with each epoch.
+
+    A ``CheckpointSaver`` with ``save_key_metric`` keeps ``model.pt`` for the best validation
+    score, and remembers that score only in memory. A resumed training would start that memory
+    empty: its first validation would replace ``model.pt`` even when the earlier best was
+    better, so the published model would depend on where the training was interrupted. Put this
+    object in both :class:`EpochCheckpoint`'s ``save_dict`` and :class:`ResumeFromCheckpoint`'s
+    ``load_dict``: the saver's ``(score, file)`` list travels with the epoch checkpoint and is
+    restored through MONAI's own ``CheckpointSaver.load_state_dict``.
+
+    Parameters
+    ----------
+    saver : monai.handlers.CheckpointSaver
+        The evaluator's saver, created with ``save_key_metric=True``.
+    """
+
+    def __init__(self, saver: Any) -> None:
+        if not callable(getattr(saver, "load_state_dict", None)):
+            raise SeglabError(
+                f"BestModelState needs a MONAI CheckpointSaver, got {type(saver).__name__}",
+                "point it at the evaluator's CheckpointSaver (save_key_metric: true)",
+            )
+        self.saver = saver
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the saver's list of ``(score, file)`` pairs (empty before a first save)."""
+        # MONAI keeps the key-metric Checkpoint private; ignite's Checkpoint has state_dict()
+        checkpoint = getattr(self.saver, "_key_metric_checkpoint", None)
+        return dict(checkpoint.state_dict()) if checkpoint is not None else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Give the saver back its list, so it replaces ``model.pt`` only for a better score."""
+        if state:
+            self.saver.load_state_dict(dict(state))
+
+
 class ResumeFromCheckpoint:
     """Restore a training from an :class:`EpochCheckpoint` file when the trainer starts.
 
@@ -190,7 +228,8 @@ class ResumeFromCheckpoint:
         The checkpoint file.
     load_dict : mapping of str to object with ``load_state_dict()``
         Objects to restore, named as in the checkpoint (``"model"``, ``"optimizer"``, ...).
-        Every name must be in the file; ``"trainer"`` is reserved for the trainer itself.
+        Every name must be in the file, except a :class:`BestModelState` (checkpoints written
+        before it existed lack it: a warning); ``"trainer"`` is reserved for the trainer.
     enabled : bool or {"true", "false"}
         False makes the handler do nothing. Strings are accepted because ``python -m
         monai.bundle run --resume true`` passes the word, not a bool.
@@ -230,6 +269,14 @@ class ResumeFromCheckpoint:
             return
         checkpoint = self._read()
         for name, obj in self.load_dict.items():
+            if name not in checkpoint:  # a BestModelState: older checkpoints did not save it
+                logger.warning(
+                    "%s holds no best-model state (%s): the first validation after resuming "
+                    "replaces model.pt",
+                    self.path,
+                    name,
+                )
+                continue
             self._restore(name, obj, checkpoint[name])
         self._restore_trainer(engine, checkpoint)
         engine.state.resumed_from_epoch = checkpoint["epoch"]
@@ -240,7 +287,7 @@ class ResumeFromCheckpoint:
     def _fail(self, problem: str) -> SeglabError:
         return SeglabError(
             f"cannot resume from checkpoint {self.path}: {problem}",
-            "delete the file to start from scratch, or pass resume=false",
+            "delete the file to start from scratch, or train without --resume (resume=false)",
         )
 
     def _read(self) -> dict[str, Any]:
@@ -259,7 +306,8 @@ class ResumeFromCheckpoint:
             raise self._fail(f"unreadable or corrupt ({_load_failure(err)})") from err
         if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
             raise self._fail(f"not a seglab checkpoint of format {CHECKPOINT_FORMAT}")
-        missing = [n for n in [*self.load_dict, TRAINER_KEY, "epoch"] if n not in checkpoint]
+        required = [n for n, obj in self.load_dict.items() if not isinstance(obj, BestModelState)]
+        missing = [n for n in [*required, TRAINER_KEY, "epoch"] if n not in checkpoint]
         if missing:
             raise self._fail(f"it lacks {', '.join(missing)}")
         return checkpoint

@@ -248,11 +248,21 @@ def register_model(
     )
 
 
+#: Registered models whose names start so are seglab's registry locks (:mod:`.registry`).
+LOCK_PREFIX = "seglab.lock."
+
+
 def check_model_name(name: str) -> str:
-    """Check a registered model name (letters, digits, ``-``, ``_``, ``.``)."""
+    """Check a registered model name (letters, digits, ``-``, ``_``, ``.``; not a lock's)."""
     if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
         raise SeglabError(
             f"model name {name!r} is not valid",
             "use letters, digits, '-', '_' or '.', e.g. lung-unet",
+        )
+    if name.startswith(LOCK_PREFIX):
+        raise SeglabError(
+            f"model name {name!r} starts with {LOCK_PREFIX!r}, which seglab keeps for its "
+            "registry locks",
+            "choose another name, e.g. lung-unet",
         )
     return name

@@ -48,8 +48,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from seglab.errors import SeglabError
-from seglab.models.publish import quiet_artifact_progress
-from seglab.tracking.store import TrackingStore, _owner_is_alive, artifact_access, owner_tags
+from seglab.models.publish import LOCK_PREFIX, quiet_artifact_progress
+from seglab.tracking.store import TrackingStore, artifact_access, owner_is_alive, owner_tags
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -77,8 +77,8 @@ __all__ = [
 ALIASES = ("champion", "candidate")
 EVAL_TAG = "seglab.eval."
 AUDIT_TAG = "seglab.audit."
-#: Registered models named ``<LOCK_PREFIX><model>`` are promotion locks, not models.
-LOCK_PREFIX = "seglab.lock."
+# Registered models named ``<LOCK_PREFIX><model>`` are promotion locks, not models
+# (check_model_name refuses such names for models).
 TAG_LOCK_TOKEN = "seglab.lock_token"
 TAG_LOCK_SINCE = "seglab.lock_since"
 #: Most seconds a promotion or rollback waits for another one of the same model.
@@ -447,7 +447,7 @@ def _registry_lock(store: TrackingStore, name: str) -> Iterator[_RegistryLock]:
             break
         if seen is None or seen[0] != other:
             seen = (other, now)
-        if _owner_is_alive(holder) is False or now - seen[1] > LOCK_STALE_S:
+        if owner_is_alive(holder) is False or now - seen[1] > LOCK_STALE_S:
             _release(client, name, other)
             continue
         if now > deadline:

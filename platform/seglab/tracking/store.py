@@ -282,8 +282,12 @@ def owner_tags(pid: int | None = None) -> dict[str, str]:
     return tags
 
 
-def _owner_is_alive(tags: dict[str, str]) -> bool | None:
-    """True/False when the owning process can be checked from here; None when it cannot."""
+def owner_is_alive(tags: dict[str, str]) -> bool | None:
+    """Whether the process named by ``tags`` (:func:`owner_tags`) still runs.
+
+    True or False when it can be checked from here (the same host; its start time guards
+    against pid reuse); None when it cannot (another host, or no owner recorded).
+    """
     if tags.get(TAG_HOST) != socket.gethostname() or TAG_PID not in tags:
         return None
     try:
@@ -312,7 +316,7 @@ def fail_dead_runs(store: TrackingStore, experiment_ids: list[str]) -> list[str]
     runs = client.search_runs(experiment_ids, filter_string="attributes.status = 'RUNNING'")
     failed = []
     for run in runs:
-        if _owner_is_alive(run.data.tags) is False:
+        if owner_is_alive(run.data.tags) is False:
             client.set_tag(run.info.run_id, TAG_FAILURE, "the process running it died")
             client.set_terminated(run.info.run_id, status="FAILED")
             failed.append(run.info.run_id)

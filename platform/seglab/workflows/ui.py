@@ -87,10 +87,13 @@ def serve_ui(
     if not 1 <= port <= 65535:
         raise SeglabError(f"port must be 1..65535, got {port}", "pass e.g. --port 5000")
     store = resolve_store(store_dir)
-    if store.is_embedded and not (store.local_dir / "mlflow.db").exists():
+    fresh = store.is_embedded and not (store.local_dir / "mlflow.db").exists()
+    # a new embedded store's tables are made here, under the store's lock, not by the server
+    # racing the workers that may be opening the same store now
+    client = store.client()
+    if fresh:
         announce(f"no runs yet in {store.local_dir}: the UI will be empty")
     else:
-        client = store.client()
         ids = [e.experiment_id for e in client.search_experiments()]
         for run_id in fail_dead_runs(store, ids):
             announce(f"marked run {run_id} FAILED: its process had died")
