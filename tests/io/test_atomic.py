@@ -165,3 +165,20 @@ def test_new_directory_gets_the_usual_permissions(tmp_path, umask_022):
     with atomic_directory(tmp_path / "run") as tmp:
         (tmp / "a.txt").write_text("a")
     assert _mode(tmp_path / "run") == 0o755
+
+
+def test_empty_folder_removes_the_contents_and_keeps_the_folder(tmp_path):
+    from seglab.io.atomic import empty_folder
+
+    folder = tmp_path / "out"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "a.txt").write_text("a")
+    (folder / "b.txt").write_text("b")
+    outside = tmp_path / "keep"
+    outside.mkdir()
+    (outside / "c.txt").write_text("c")
+    (folder / "link").symlink_to(outside)
+    empty_folder(folder)
+    assert folder.is_dir() and list(folder.iterdir()) == []
+    assert (outside / "c.txt").read_text() == "c"  # a link is removed, not followed
+    empty_folder(folder)  # an empty folder stays empty

@@ -158,3 +158,16 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def empty_folder(folder: str | os.PathLike[str]) -> None:
+    """Remove everything inside ``folder`` and keep the folder itself.
+
+    For ``--overwrite`` of a folder that is written in place (a training's checkpoints, a
+    study's report). Links inside are removed, not followed.
+    """
+    for entry in Path(folder).iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()

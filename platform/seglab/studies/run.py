@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from seglab.errors import OutputExistsError, SeglabError
-from seglab.io.atomic import atomic_file
+from seglab.io.atomic import atomic_file, empty_folder
 from seglab.studies.recipes import Recipe
 from seglab.studies.report import StudyResult
 from seglab.tracking.store import TrackingStore
@@ -130,8 +129,4 @@ def _claim_report_folder(out: Path, recipe: Recipe, *, overwrite: bool) -> None:
             f"digest {recipe.digest})",
             "pass --overwrite to replace it, or choose another --out folder",
         )
-    for entry in out.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+    empty_folder(out)

@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from seglab.errors import OutputExistsError, SeglabError
+from seglab.io.atomic import empty_folder
 from seglab.io.dataset import scan_dataset
 from seglab.logs import progress_bars_enabled, quieten_consoles, reattach
 from seglab.models.publish import (
@@ -663,11 +663,7 @@ def _check_output_folder(folder: Path, *, resume: bool, overwrite: bool) -> None
                 "pass --resume to continue that training, --overwrite to replace it, or "
                 "choose another --output folder",
             )
-        for entry in folder.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+        empty_folder(folder)
 
 
 def _seglab_cause(error: BaseException) -> SeglabError | None:
