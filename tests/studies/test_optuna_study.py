@@ -57,3 +57,4 @@ def test_passwords_are_not_printed():
         "postgresql://lab:***@db.example:5432/optuna"
     )
     assert _redacted("sqlite:///x.db") == "sqlite:///x.db"
+    assert _redacted("postgresql://lab@db:5432/optuna") == "postgresql://lab@db:5432/optuna"

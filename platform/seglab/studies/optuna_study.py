@@ -10,6 +10,7 @@ ends, its state (``seglab.trial_state``: COMPLETE, PRUNED or FAIL).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from seglab.errors import SeglabError
+from seglab.io.atomic import atomic_file
 from seglab.studies.recipes import Recipe, SearchParameter
 from seglab.studies.report import StudyResult
 from seglab.studies.runner import StudyRun
@@ -155,13 +157,19 @@ def _rdb_storage(url: str, kwargs: dict[str, Any]) -> Any:
     raise AssertionError("unreachable")
 
 
+def _write_best(path: Path, best: dict[str, Any]) -> None:
+    """Write ``best.json`` atomically: other workers may be uploading the folder meanwhile."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(best, indent=2, default=str) + "\n")
+
+
 def _redacted(url: str) -> str:
     """Return a storage URL without its password."""
     if "://" in url and "@" in url:
         scheme, rest = url.split("://", 1)
         credentials, host = rest.rsplit("@", 1)
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
+        user, has_password, _ = credentials.partition(":")
+        return f"{scheme}://{user}{':***' if has_password else ''}@{host}"
     return url
 
 
@@ -283,8 +291,6 @@ def log_study_summary(
     parameters vary, ``param_importances.png``. Parent metrics: ``best_<objective>``,
     ``trials_complete``, ``trials_pruned``, ``trials_failed``.
     """
-    import json
-
     import optuna
 
     from seglab.workflows._outputs import pyplot, save_figure, write_csv
@@ -320,7 +326,7 @@ def log_study_summary(
             "run_id": chosen.user_attrs.get("mlflow_run_id", ""),
             **dict(extra or {}),
         }
-    (out_dir / "best.json").write_text(json.dumps(best, indent=2, default=str) + "\n")
+    _write_best(out_dir / "best.json", best)
     plt = pyplot()
     figures = []
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -412,8 +418,6 @@ def run_trials(
     -------
     StudyResult
     """
-    import json
-
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
@@ -448,7 +452,7 @@ def run_trials(
         best = log_study_summary(parent, study, out, objective=metric, echo=echo)
         if finish is not None and best:
             best = finish(best)
-            (out / "best.json").write_text(json.dumps(best, indent=2, default=str) + "\n")
+            _write_best(out / "best.json", best)
             parent.client.log_artifact(parent.run_id, str(out / "best.json"), "report")
     except BaseException as err:
         error = err
