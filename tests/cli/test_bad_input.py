@@ -867,6 +867,9 @@ def test_an_earlier_training_is_kept_for_resume_and_emptied_only_with_overwrite(
     assert (out / "keep.txt").exists()
     _check_output_folder(out, resume=False, overwrite=True)
     assert out.is_dir() and list(out.iterdir()) == []
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(SeglabError, match="is not a folder"):
+        _check_output_folder(tmp_path / "file", resume=False, overwrite=True)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write in any folder")
