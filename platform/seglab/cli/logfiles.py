@@ -42,16 +42,10 @@ def beside(path: str | os.PathLike[str]) -> Path:
 
 
 def _store_logs(store: Path | None, command: str) -> Path | None:
-    from seglab.tracking.store import DEFAULT_STORE_DIR
+    from seglab.tracking.store import embedded_folder
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        if not uri.startswith("sqlite:///"):
-            return None
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-    else:
-        folder = Path(store if store is not None else DEFAULT_STORE_DIR)
-    return folder / "logs" / f"{command.replace(' ', '-')}.log"
+    folder = embedded_folder(store)
+    return None if folder is None else folder / "logs" / f"{command.replace(' ', '-')}.log"
 
 
 def _train_output(params: Mapping[str, Any]) -> Path:

@@ -33,7 +33,7 @@ import numpy as np
 from seglab.errors import DataFileError, SeglabError
 from seglab.io.atomic import atomic_file
 from seglab.io.images import ImageInfo, image_stem, read_image, read_image_info
-from seglab.io.labels import ColourTable
+from seglab.io.labels import ColourTable, UnknownColoursError
 
 IMAGES_DIR = "images"
 LABELS_DIR = "labels"
@@ -194,14 +194,14 @@ class Dataset:
             )
         try:
             return self.colour_table.decode(rgb)
+        except UnknownColoursError as err:
+            raise DataFileError(
+                f"label {path}: {err.problem}",
+                f"check the label's colours against {self.root / CLASSES_FILE} and correct "
+                "them, or add the missing classes there",
+            ) from err
         except SeglabError as err:
-            fix = err.fix
-            if "not in the class table" in err.problem:
-                fix = (
-                    f"check the label's colours against {self.root / CLASSES_FILE} and correct "
-                    "them, or add the missing classes there"
-                )
-            raise DataFileError(f"label {path}: {err.problem}", fix) from err
+            raise DataFileError(f"label {path}: {err.problem}", err.fix) from err
 
 
 @dataclass(frozen=True)
@@ -371,11 +371,8 @@ def check_samples(
         ``require_foreground``) labels that are all background (the message lists them).
     """
     if channels is not None:
-        wrong = [
-            f"{s.image.name} has {_channel_count(s.image_info)}"
-            for s in dataset.samples
-            if _channel_count(s.image_info) != channels
-        ]
+        counts = {s.image.name: _channel_count(s.image_info) for s in dataset.samples}
+        wrong = [f"{name} has {count}" for name, count in counts.items() if count != channels]
         if wrong:
             kind = {1: " (grey)", 3: " (RGB)", 4: " (RGBA)"}.get(channels, "")
             raise DataFileError(

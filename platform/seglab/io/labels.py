@@ -21,6 +21,10 @@ import numpy as np
 from seglab.errors import DataFileError, SeglabError
 
 
+class UnknownColoursError(DataFileError):
+    """Label pixels whose colours are not in the colour table (a file's problem to fix there)."""
+
+
 @dataclass(frozen=True)
 class ClassColour:
     """One class of a colour table.
@@ -165,7 +169,7 @@ class ColourTable:
 
         Raises
         ------
-        DataFileError
+        UnknownColoursError
             When pixels have colours not in the table; the message lists them with their counts.
         """
         rgb = np.asarray(rgb)
@@ -211,7 +215,7 @@ class ColourTable:
                 f"{tuple(int(v) for v in colours[i])} x{int(counts[i])}" for i in order
             )
             more = f" and {len(colours) - len(order)} more" if len(colours) > len(order) else ""
-            raise DataFileError(
+            raise UnknownColoursError(
                 f"{int((~matched).sum())} pixels have colours not in the class table: "
                 f"{listed}{more}",
                 "add these colours to the table, or pass a tolerance for compressed images",

@@ -149,22 +149,36 @@ def resolve_store(
         folder that cannot be created or written.
     """
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+    folder = embedded_folder(store_dir, tracking_uri=uri)
+    if folder is not None:
+        folder = folder.resolve()
+        database = Path(uri.removeprefix("sqlite:///")).name if uri else DATABASE_NAME
+        return _embedded(folder, f"sqlite:///{folder / database}")
+    assert uri is not None  # no embedded folder: a server or database URI
+    if "://" not in uri:
+        raise SeglabError(
+            f"tracking URI {uri!r} is not a URI",
+            "use e.g. http://host:5000, postgresql://user@host/db or sqlite:///path/mlflow.db; "
+            "a plain folder is the old file store, which MLflow 3 refuses",
+        )
+    if check_server and uri.lower().startswith(("http://", "https://")):
+        _check_server(uri)
+    return TrackingStore(uri)
+
+
+def embedded_folder(
+    store_dir: str | os.PathLike[str] | None = None, *, tracking_uri: str | None = None
+) -> Path | None:
+    """Return the folder of the embedded store :func:`resolve_store` would use, or None.
+
+    The same precedence (``tracking_uri``, ``MLFLOW_TRACKING_URI``, ``store_dir``, ``./mlruns``),
+    with no side effect: nothing is created or checked. None when the URI names a server or a
+    database other than a SQLite file.
+    """
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
     if uri:
-        if uri.startswith("sqlite:///"):
-            database = Path(uri.removeprefix("sqlite:///"))
-            folder = database.parent.resolve()
-            return _embedded(folder, f"sqlite:///{folder / database.name}")
-        if "://" not in uri:
-            raise SeglabError(
-                f"tracking URI {uri!r} is not a URI",
-                "use e.g. http://host:5000, postgresql://user@host/db or sqlite:///path/mlflow.db; "
-                "a plain folder is the old file store, which MLflow 3 refuses",
-            )
-        if check_server and uri.lower().startswith(("http://", "https://")):
-            _check_server(uri)
-        return TrackingStore(uri)
-    folder = Path(store_dir if store_dir is not None else DEFAULT_STORE_DIR).resolve()
-    return _embedded(folder, f"sqlite:///{folder / DATABASE_NAME}")
+        return Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else None
+    return Path(store_dir if store_dir is not None else DEFAULT_STORE_DIR)
 
 
 #: Seconds a tracking server has to answer :func:`resolve_store`'s health check.

@@ -535,7 +535,7 @@ def train_bundle(
     plain = ConfigParser()
     plain.read_config(configs)
     check_overrides(plain, user, root.name)
-    _check_training_inputs(configs, settings | user, overwrite=overwrite)
+    _check_training_inputs(plain, settings | user, overwrite=overwrite)
     workflow = ConfigWorkflow(
         config_file=configs,
         meta_file=str(root / "configs" / "metadata.json"),
@@ -596,21 +596,16 @@ def _fail_dead_runs(parser: Any) -> None:
         )
 
 
-def _check_training_inputs(
-    configs: Sequence[str], values: Mapping[str, Any], *, overwrite: bool
-) -> None:
+def _check_training_inputs(config: Any, values: Mapping[str, Any], *, overwrite: bool) -> None:
     """Refuse bad data, initial weights or output folder before anything is created.
 
-    ``values`` are the config ids train_bundle sets (settings and the user's overrides).
+    ``config`` is the bundle's ``ConfigParser`` as read (it receives ``values``); ``values``
+    are the config ids train_bundle sets (settings and the user's overrides).
     """
-    from monai.bundle import ConfigParser
-
     from seglab.bundle.checkpoint import load_weights
     from seglab.flags import as_bool
     from seglab.io.dataset import check_samples
 
-    config = ConfigParser()
-    config.read_config(list(configs))
     for key, value in values.items():
         config[key] = value
     channels = None
